@@ -1,0 +1,190 @@
+"""The protocol catalogue: what each protocol version runs, per runtime.
+
+A catalogue is a directory of TOML files, one a protocol::
+
+    protocol = "litecoin-regtest"
+    description = "Litecoin in regtest mode"
+
+    [node]                      # defaults for every version
+    command = ["litecoind", "-regtest", "-datadir=/data"]
+    ports = [19443]
+    data_path = "/data"
+    stop_signal = "SIGTERM"
+    grace_period = 120          # seconds
+
+    [versions."0.21.2-1".runtimes.docker]
+    image = "nodevisor/litecoin-regtest:0.21.2-1"
+
+A version may override any ``[node]`` key in ``[versions."<v>".node]``. Each
+runtime table needs ``image``; any other keys are handed to the runtime as
+``NodeSpec.options``. The control plane names a release as
+``<protocol>/<version>``.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from ._errors import CatalogueError, InvalidArgument
+
+__all__ = ["Catalogue", "Release", "parse_url"]
+
+_URL = re.compile(r"^(?P<protocol>[a-z0-9][a-z0-9._-]*)/(?P<version>[A-Za-z0-9][A-Za-z0-9._+-]*)$")
+
+
+class _NodeDefaults(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    command: list[str] = []
+    ports: list[int] = []
+    data_path: str = "/data"
+    stop_signal: str = "SIGTERM"
+    grace_period: float = pydantic.Field(120.0, ge=0)
+    environment: dict[str, str] = {}
+
+    @pydantic.field_validator("stop_signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        if value not in signal.Signals.__members__:
+            raise ValueError(f"{value!r} is not a signal name such as SIGTERM")
+        return value
+
+
+class _RuntimeEntry(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    image: str
+
+
+class _Version(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    node: dict[str, Any] = {}
+    runtimes: dict[str, _RuntimeEntry]
+
+
+class _ProtocolFile(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    protocol: str = pydantic.Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    description: str = ""
+    node: _NodeDefaults = _NodeDefaults()
+    versions: dict[str, _Version]
+
+
+@dataclass(frozen=True)
+class Release:
+    """One version of a protocol, as one runtime runs it."""
+
+    protocol: str
+    version: str
+    runtime: str
+    image: str
+    command: tuple[str, ...]
+    ports: tuple[int, ...]
+    data_path: str
+    stop_signal: str
+    grace_period: float
+    environment: dict[str, str]
+    options: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}/{self.version}"
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """Split ``<protocol>/<version>``; raise ``InvalidArgument`` if malformed."""
+    match = _URL.match(url)
+    if match is None:
+        raise InvalidArgument(
+            f"image url {url!r} is not of the form <protocol>/<version>, "
+            "for example litecoin-regtest/0.21.2-1"
+        )
+    return match["protocol"], match["version"]
+
+
+class Catalogue:
+    """The protocols an agent knows, loaded from one or more directories."""
+
+    def __init__(self, protocols: dict[str, _ProtocolFile]) -> None:
+        self._protocols = protocols
+
+    @classmethod
+    def load(cls, directories: Iterable[Path]) -> Catalogue:
+        protocols: dict[str, _ProtocolFile] = {}
+        for directory in directories:
+            if not directory.is_dir():
+                raise CatalogueError(f"catalogue directory {str(directory)!r} does not exist")
+            for path in sorted(directory.glob("*.toml")):
+                spec = _read(path)
+                protocols[spec.protocol] = spec
+        return cls(protocols)
+
+    def protocols(self) -> dict[str, list[str]]:
+        """Each protocol's versions, in the order the files list them."""
+        return {name: list(p.versions) for name, p in sorted(self._protocols.items())}
+
+    def resolve(self, url: str, runtime: str) -> Release:
+        """Return what ``url`` runs on ``runtime``; ``InvalidArgument`` if unknown."""
+        protocol, version = parse_url(url)
+        spec = self._protocols.get(protocol)
+        if spec is None:
+            known = ", ".join(sorted(self._protocols)) or "none"
+            raise InvalidArgument(
+                f"image url {url!r}: protocol {protocol!r} is not in the catalogue "
+                f"(known: {known})"
+            )
+        entry = spec.versions.get(version)
+        if entry is None:
+            raise InvalidArgument(
+                f"image url {url!r}: protocol {protocol!r} has no version {version!r} "
+                f"(known: {', '.join(spec.versions)})"
+            )
+        target = entry.runtimes.get(runtime)
+        if target is None:
+            raise InvalidArgument(
+                f"image url {url!r} has no image for the {runtime!r} runtime "
+                f"(it has: {', '.join(entry.runtimes) or 'none'})"
+            )
+        node = spec.node.model_copy(update=entry.node)
+        return Release(
+            protocol=protocol,
+            version=version,
+            runtime=runtime,
+            image=target.image,
+            command=tuple(node.command),
+            ports=tuple(node.ports),
+            data_path=node.data_path,
+            stop_signal=node.stop_signal,
+            grace_period=node.grace_period,
+            environment=dict(node.environment),
+            options=dict(target.model_extra or {}),
+        )
+
+
+def _read(path: Path) -> _ProtocolFile:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogueError(f"protocol spec {str(path)!r} cannot be read: {exc}") from exc
+    try:
+        spec = _ProtocolFile.model_validate(data)
+        for version in spec.versions.values():
+            _NodeDefaults.model_validate(spec.node.model_dump() | version.node)
+    except pydantic.ValidationError as exc:
+        raise CatalogueError(f"protocol spec {str(path)!r} is not valid:\n{exc}") from exc
+    if path.stem != spec.protocol:
+        raise CatalogueError(
+            f"protocol spec {str(path)!r} declares protocol {spec.protocol!r}; "
+            f"name the file {spec.protocol}.toml"
+        )
+    return spec
