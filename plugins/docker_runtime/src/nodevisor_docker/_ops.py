@@ -1,0 +1,269 @@
+"""The runtime's steps as blocking docker-py calls.
+
+Each function takes the client first and runs whole in one worker thread
+(see ``_engine``). Each is idempotent, as the contract asks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.models.volumes import Volume
+from nodevisor import ImageUnavailable, NodeSpec, RuntimeFailure, StopOutcome
+
+from . import _describe, _labels
+
+__all__ = [
+    "create",
+    "delete",
+    "ensure_image",
+    "find",
+    "owned_containers",
+    "ping",
+    "snapshot",
+    "start",
+    "stop",
+    "upgrade",
+]
+
+
+def ping(client: docker.DockerClient) -> None:
+    client.ping()
+
+
+def ensure_image(client: docker.DockerClient, spec: NodeSpec, pull: bool) -> bool:
+    """Make ``spec.image`` present; return whether it had to be pulled."""
+    try:
+        client.images.get(spec.image)
+        return False
+    except docker.errors.ImageNotFound:
+        pass
+    if not pull:
+        raise ImageUnavailable(_unavailable(spec, "pulling is turned off"))
+    try:
+        client.images.pull(spec.image)
+    except docker.errors.APIError as exc:
+        raise ImageUnavailable(_unavailable(spec, _reason(exc))) from exc
+    return True
+
+
+def _unavailable(spec: NodeSpec, reason: str) -> str:
+    build = spec.options.get("build")
+    how = f"run {build}" if build else "build it with docker build or docker load it"
+    return (
+        f"image {spec.image!r} for node {spec.id} is not on this host and cannot be "
+        f"pulled ({reason}); {how}, then retry"
+    )
+
+
+def _reason(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+def find(
+    client: docker.DockerClient, node_id: str, host_id: str, name: str = ""
+) -> Container | None:
+    """The node's container on this host, or ``None``."""
+    container = _lookup(client, name or _labels.container_name(node_id))
+    if container is None or not _labels.owned_by(container.labels, host_id, node_id):
+        return None
+    return container
+
+
+def _lookup(client: docker.DockerClient, name: str) -> Container | None:
+    try:
+        return client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _require(client: docker.DockerClient, node_id: str, host_id: str) -> Container:
+    container = find(client, node_id, host_id)
+    if container is None:
+        raise RuntimeFailure(
+            f"node {node_id} has no container {_labels.container_name(node_id)} "
+            f"on host {host_id}; create it first"
+        )
+    return container
+
+
+def owned_containers(client: docker.DockerClient, host_id: str) -> list[Container]:
+    """Every node container of this host (not those an upgrade is preparing)."""
+    found = client.containers.list(
+        all=True,
+        filters={"label": [f"{_labels.HOST_ID}={host_id}", _labels.NODE_ID]},
+        ignore_removed=True,
+    )
+    return [
+        c
+        for c in found
+        if c.name == _labels.container_name(c.labels.get(_labels.NODE_ID, ""))
+    ]
+
+
+def create(client: docker.DockerClient, spec: NodeSpec) -> bool:
+    """Create the node's container, stopped; return whether it was created."""
+    name = _labels.container_name(spec.id)
+    existing = _lookup(client, name)
+    if existing is not None:
+        _check_owner(existing.labels, spec, f"container {name}")
+        return False
+    _create_container(client, spec, name)
+    return True
+
+
+def _check_owner(labels: dict[str, str] | None, spec: NodeSpec, what: str) -> None:
+    if not _labels.owned_by(labels, spec.host_id, spec.id):
+        raise RuntimeFailure(
+            f"{what} exists but does not belong to node {spec.id} on host "
+            f"{spec.host_id} (its labels: {labels or {}}); remove it or use "
+            "another node id"
+        )
+
+
+def _create_container(
+    client: docker.DockerClient, spec: NodeSpec, name: str
+) -> Container:
+    volume = _ensure_volume(client, spec)
+    return client.containers.create(
+        image=spec.image,
+        command=list(spec.command) or None,
+        name=name,
+        labels=_labels.node_labels(spec),
+        environment=dict(spec.environment),
+        volumes={volume.name: {"bind": spec.data_path, "mode": "rw"}},
+        stop_signal=spec.stop_signal,
+        stop_timeout=math.ceil(spec.grace_period),
+        # The agent is the only supervisor: the engine never restarts a node.
+        restart_policy={"Name": "no"},
+    )
+
+
+def _ensure_volume(client: docker.DockerClient, spec: NodeSpec) -> Volume:
+    name = _labels.volume_name(spec.id)
+    try:
+        volume = client.volumes.get(name)
+    except docker.errors.NotFound:
+        labels = {_labels.NODE_ID: spec.id, _labels.HOST_ID: spec.host_id}
+        return client.volumes.create(name, labels=labels)
+    _check_owner(volume.attrs.get("Labels"), spec, f"volume {name}")
+    return volume
+
+
+def start(client: docker.DockerClient, node_id: str, host_id: str) -> bool:
+    """Start the node's container; return whether it was stopped before."""
+    container = _require(client, node_id, host_id)
+    if _describe.is_running(container):
+        return False
+    container.start()
+    return True
+
+
+def stop(client: docker.DockerClient, spec: NodeSpec) -> StopOutcome | None:
+    """Stop the container; ``None`` if it was stopped already.
+
+    The engine sends the container's stop signal, waits the grace period and
+    then kills. docker-py adds the grace period to the request's timeout.
+    """
+    container = _require(client, spec.id, spec.host_id)
+    if not _describe.is_running(container):
+        return None
+    grace = math.ceil(spec.grace_period)
+    container.stop(timeout=grace)
+    container.reload()
+    state = container.attrs["State"]
+    if _describe.was_killed(state):
+        detail = f"killed by SIGKILL after a grace period of {grace} s"
+        return StopOutcome(clean=False, detail=detail)
+    return StopOutcome(clean=True, detail=_describe.exit_detail(state))
+
+
+def upgrade(client: docker.DockerClient, old: NodeSpec, new: NodeSpec) -> None:
+    """Recreate the stopped node's container on ``new.image``, same volume.
+
+    The new container is made under a temporary name first, so a failure
+    leaves the old one as it was.
+    """
+    current = find(client, old.id, old.host_id)
+    if current is not None and _describe.is_running(current):
+        raise RuntimeFailure(
+            f"cannot upgrade node {old.id}: container {current.name} is running; "
+            "stop the node first"
+        )
+    _remove_pending(client, new.id, new.host_id)
+    pending = _create_container(client, new, _labels.pending_name(new.id))
+    if current is not None:
+        current.remove()
+    pending.rename(_labels.container_name(new.id))
+
+
+def _remove_pending(client: docker.DockerClient, node_id: str, host_id: str) -> None:
+    stale = find(client, node_id, host_id, _labels.pending_name(node_id))
+    if stale is not None:
+        stale.remove(force=True)
+
+
+def delete(client: docker.DockerClient, node_id: str, host_id: str) -> bool:
+    """Remove the node's containers and volume; return whether any existed."""
+    containers = [
+        find(client, node_id, host_id),
+        find(client, node_id, host_id, _labels.pending_name(node_id)),
+    ]
+    found = [c for c in containers if c is not None]
+    for container in found:
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True)
+    return _remove_volume(client, node_id, host_id) or bool(found)
+
+
+def _remove_volume(client: docker.DockerClient, node_id: str, host_id: str) -> bool:
+    try:
+        volume = client.volumes.get(_labels.volume_name(node_id))
+    except docker.errors.NotFound:
+        return False
+    if not _labels.owned_by(volume.attrs.get("Labels"), host_id, node_id):
+        return False
+    with contextlib.suppress(docker.errors.NotFound):
+        volume.remove(force=True)
+    return True
+
+
+def snapshot(client: docker.DockerClient, spec: NodeSpec, destination: Path) -> Path:
+    """Write the stopped node's data path to a tar file under ``destination``."""
+    container = _require(client, spec.id, spec.host_id)
+    if _describe.is_running(container):
+        raise RuntimeFailure(
+            f"cannot snapshot node {spec.id}: container {container.name} is "
+            "running; stop the node first"
+        )
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = destination / f"{spec.id}-{stamp}.tar"
+    _write_archive(container, spec, target)
+    return target
+
+
+def _write_archive(container: Container, spec: NodeSpec, target: Path) -> None:
+    partial = target.with_name(target.name + ".partial")
+    chunks, _stat = container.get_archive(spec.data_path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as file:
+            for chunk in chunks:
+                file.write(chunk)
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise RuntimeFailure(
+            f"failed to write the snapshot of node {spec.id} to {str(target)!r}: {exc}"
+        ) from exc
+    if target.stat().st_size == 0:
+        target.unlink()
+        raise RuntimeFailure(
+            f"the snapshot of node {spec.id} from {spec.data_path!r} came out empty"
+        )
