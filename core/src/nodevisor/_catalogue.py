@@ -37,7 +37,9 @@ from ._errors import CatalogueError, InvalidArgument
 
 __all__ = ["Catalogue", "Release", "parse_url"]
 
-_URL = re.compile(r"^(?P<protocol>[a-z0-9][a-z0-9._-]*)/(?P<version>[A-Za-z0-9][A-Za-z0-9._+-]*)$")
+_URL = re.compile(
+    r"^(?P<protocol>[a-z0-9][a-z0-9._-]*)/(?P<version>[A-Za-z0-9][A-Za-z0-9._+-]*)$"
+)
 
 
 class _NodeDefaults(pydantic.BaseModel):
@@ -123,7 +125,9 @@ class Catalogue:
         protocols: dict[str, _ProtocolFile] = {}
         for directory in directories:
             if not directory.is_dir():
-                raise CatalogueError(f"catalogue directory {str(directory)!r} does not exist")
+                raise CatalogueError(
+                    f"catalogue directory {str(directory)!r} does not exist"
+                )
             for path in sorted(directory.glob("*.toml")):
                 spec = _read(path)
                 protocols[spec.protocol] = spec
@@ -175,13 +179,17 @@ def _read(path: Path) -> _ProtocolFile:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CatalogueError(f"protocol spec {str(path)!r} cannot be read: {exc}") from exc
+        raise CatalogueError(
+            f"protocol spec {str(path)!r} cannot be read: {exc}"
+        ) from exc
     try:
         spec = _ProtocolFile.model_validate(data)
         for version in spec.versions.values():
             _NodeDefaults.model_validate(spec.node.model_dump() | version.node)
     except pydantic.ValidationError as exc:
-        raise CatalogueError(f"protocol spec {str(path)!r} is not valid:\n{exc}") from exc
+        raise CatalogueError(
+            f"protocol spec {str(path)!r} is not valid:\n{exc}"
+        ) from exc
     if path.stem != spec.protocol:
         raise CatalogueError(
             f"protocol spec {str(path)!r} declares protocol {spec.protocol!r}; "

@@ -91,7 +91,9 @@ class PluginManager:
                 self._fail(plugin_name, dist, problem)
                 continue
             self.runtimes[cls.name] = cls
-            log.debug("runtime %r loaded from plugin %r (%s)", cls.name, plugin_name, dist)
+            log.debug(
+                "runtime %r loaded from plugin %r (%s)", cls.name, plugin_name, dist
+            )
 
     def _fail(self, plugin: str, dist: str, reason: str) -> None:
         failure = PluginFailure(plugin, dist, reason)

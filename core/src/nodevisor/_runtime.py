@@ -144,6 +144,7 @@ class Runtime(abc.ABC):
 
     async def check(self) -> None:
         """Raise ``RuntimeFailure`` if the runtime cannot work (no engine)."""
+        return None
 
     @abc.abstractmethod
     async def prepare(self, spec: NodeSpec) -> None:
@@ -197,6 +198,7 @@ class Runtime(abc.ABC):
 
     async def aclose(self) -> None:
         """Release the runtime's connections. Called once, at agent exit."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} host={self.context.host_id}>"

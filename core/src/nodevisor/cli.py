@@ -7,6 +7,7 @@ import logging
 import click
 
 from . import __version__
+from ._cli_agent import agent
 
 
 @click.group()
@@ -18,3 +19,6 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+main.add_command(agent)

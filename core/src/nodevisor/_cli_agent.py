@@ -1,0 +1,123 @@
+"""``nodevisor agent``: the commands an operator runs on a host."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import anyio
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ._agent import Agent
+from ._config import load_config
+from ._errors import NodevisorError
+from ._plugins import PluginManager
+from ._provision import provision
+from ._store import Store
+
+log = logging.getLogger(__name__)
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Config file [default: $NODEVISOR_CONFIG or /etc/nodevisor/config.toml].",
+)
+
+
+@click.group("agent")
+def agent() -> None:
+    """Run and inspect the agent on this host."""
+
+
+@agent.command("provision")
+@config_option
+@click.option("--otp", required=True, help="One-time password from the operator.")
+@click.option(
+    "--api", "api_url", help="Control plane address host:port [default: api_url]."
+)
+def provision_command(config_path: Path | None, otp: str, api_url: str | None) -> None:
+    """Register this host with the control plane."""
+    config = _config(config_path)
+    credentials = _run(provision(config, otp, api_url or config.api_url))
+    click.echo(f"provisioned: host id {credentials.host_id}")
+
+
+@agent.command("run")
+@config_option
+def run_command(config_path: Path | None) -> None:
+    """Connect to the control plane and carry out its commands until stopped."""
+    config = _config(config_path)
+    _run(_serve(Agent(config)))
+
+
+async def _serve(agent: Agent) -> None:
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(agent.run)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for received in signals:
+                log.info("received %s; stopping", signal.Signals(received).name)
+                tasks.cancel_scope.cancel()
+                return
+
+
+@agent.command("plugins")
+def plugins_command() -> None:
+    """List the runtimes that plugins provide, and plugins that failed."""
+    plugins = PluginManager()
+    plugins.load_entry_points()
+    table = Table("runtime", "class", "contract", "snapshot", "upgrade", "exec")
+    for name, cls in sorted(plugins.runtimes.items()):
+        caps = cls.capabilities
+        table.add_row(
+            name,
+            f"{cls.__module__}.{cls.__qualname__}",
+            str(cls.contract_version),
+            *(_yes(flag) for flag in (caps.snapshot, caps.upgrade, caps.exec)),
+        )
+    console = Console()
+    console.print(table)
+    for failure in plugins.failures:
+        console.print(f"[red]failed:[/red] {failure}", markup=True, highlight=False)
+
+
+@agent.command("nodes")
+@config_option
+def nodes_command(config_path: Path | None) -> None:
+    """List the nodes this agent keeps, as its store records them."""
+    config = _config(config_path)
+    store = Store(config.data_dir / "state.db")
+    table = Table("id", "name", "image", "runtime", "status", "expected", "failure")
+    for node in store.nodes():
+        table.add_row(
+            node.id,
+            node.name,
+            node.url,
+            node.runtime,
+            node.status.name,
+            node.expected.name,
+            node.failure or "",
+        )
+    store.close()
+    Console().print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _config(path: Path | None):
+    try:
+        return load_config(path)
+    except NodevisorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run(coroutine):
+    try:
+        return anyio.run(lambda: coroutine)
+    except NodevisorError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,92 @@
+"""The agent's configuration: a TOML file, with environment overrides.
+
+Every key can be set in the file or as ``NODEVISOR_<KEY>`` in the
+environment; the environment wins. Tables nest with ``__``:
+``NODEVISOR_RUNTIMES__DOCKER__BASE_URL``. An example file::
+
+    api_url = "127.0.0.1:50051"
+    data_dir = "/var/lib/nodevisor"
+    runtime = "docker"
+    catalogue = ["/etc/nodevisor/protocols"]
+
+    [runtimes.docker]
+    base_url = "unix:///var/run/docker.sock"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._errors import ConfigError
+
+__all__ = ["BUILTIN_CATALOGUE", "DEFAULT_CONFIG_PATH", "AgentConfig", "load_config"]
+
+DEFAULT_CONFIG_PATH = Path("/etc/nodevisor/config.toml")
+BUILTIN_CATALOGUE = Path(__file__).parent / "catalogue"
+
+
+class AgentConfig(BaseSettings):
+    """What the agent reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NODEVISOR_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    #: The control plane's gRPC address, ``host:port``.
+    api_url: str = "127.0.0.1:50051"
+    #: Where the agent keeps its state, credentials and snapshots.
+    data_dir: Path = Path("/var/lib/nodevisor")
+    #: The runtime that new nodes use, by name.
+    runtime: str = "docker"
+    #: Catalogue directories, loaded after the built-in one; a later
+    #: protocol file replaces an earlier one of the same protocol.
+    catalogue: list[Path] = []
+    #: The host's name as the control plane shows it; the hostname if unset.
+    name: str | None = None
+    location: str | None = None
+    #: Per-runtime settings, handed to the runtime as they are.
+    runtimes: dict[str, dict[str, Any]] = {}
+    #: Seconds that running commands get to finish when the agent stops.
+    shutdown_grace: float = pydantic.Field(30.0, ge=0)
+
+    @property
+    def catalogue_dirs(self) -> list[Path]:
+        return [BUILTIN_CATALOGUE, *self.catalogue]
+
+
+def load_config(path: Path | None = None) -> AgentConfig:
+    """Read the config file (if any) and apply environment overrides.
+
+    ``path`` defaults to ``$NODEVISOR_CONFIG``, then ``/etc/nodevisor/config.toml``;
+    only an explicitly named file must exist.
+    """
+    explicit = path or (
+        Path(os.environ["NODEVISOR_CONFIG"])
+        if os.environ.get("NODEVISOR_CONFIG")
+        else None
+    )
+    file = explicit or DEFAULT_CONFIG_PATH
+    data: dict[str, Any] = {}
+    if explicit is not None or file.exists():
+        data = _read_toml(file)
+    try:
+        from_env = AgentConfig()
+        overrides = {k: getattr(from_env, k) for k in from_env.model_fields_set}
+        return AgentConfig.model_validate(data | overrides)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"config {str(file)!r} is not valid:\n{exc}") from exc
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {str(file)!r} cannot be read: {exc}") from exc

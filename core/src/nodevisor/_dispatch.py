@@ -1,0 +1,214 @@
+"""Routing commands to per-node lanes and reporting their results.
+
+Commands for one node run one after another, in the order they arrived;
+commands for different nodes run at the same time. Each command is recorded
+in the store before it is acknowledged, and its result is recorded before it
+is sent, so a command id seen before is never executed twice: it is answered
+again from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskGroup
+from blockjoy.api.v1 import command_flow_pb2, host_pb2, node_pb2
+
+from ._errors import (
+    CommandError,
+    ExitCode,
+    InvalidCommand,
+    NotSupported,
+    RuntimeFailure,
+)
+from ._messages import command_ack, command_result, host_update
+from ._nodes import NodeManager, StoreRunner
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[command_flow_pb2.InfoUpdate], None]
+HOST_LANE = "host"
+
+_HOST_UNSUPPORTED = {
+    "generic": "generic host commands",
+    "update_bvs": "updating the agent (HostUpdateBVS)",
+    "restart_bvs": "restarting the agent (HostRestartBVS)",
+    "remove_bvs": "removing the agent (HostRemoveBVS)",
+}
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        nodes: NodeManager,
+        db: StoreRunner,
+        emit: Emit,
+        host_info: Callable[[], Awaitable[host_pb2.HostInfo]],
+    ) -> None:
+        self.nodes = nodes
+        self._db = db
+        self._emit = emit
+        self._host_info = host_info
+        self._lanes: dict[str, deque[command_flow_pb2.Command]] = {}
+        self._tasks: TaskGroup | None = None
+
+    async def __aenter__(self) -> Dispatcher:
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._tasks is not None
+        self._tasks.cancel_scope.cancel()
+        await self._tasks.__aexit__(*exc_info)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._lanes)
+
+    def submit(self, command: command_flow_pb2.Command) -> None:
+        """Queue a command on its node's lane. Never blocks."""
+        kind = command.WhichOneof("type")
+        if kind is None:
+            log.warning("received a Command with neither a node nor a host command")
+            self._emit(
+                command_result(
+                    "",
+                    ExitCode.INVALID_COMMAND,
+                    "the Command carries neither a node nor a host command",
+                )
+            )
+            return
+        lane = command.node.id.value if kind == "node" else HOST_LANE
+        queue = self._lanes.get(lane)
+        if queue is not None:
+            queue.append(command)
+            return
+        self._lanes[lane] = deque([command])
+        assert self._tasks is not None, "use the dispatcher inside 'async with'"
+        self._tasks.start_soon(self._drain, lane, name=f"lane {lane}")
+
+    async def _drain(self, lane: str) -> None:
+        queue = self._lanes[lane]
+        try:
+            while queue:
+                await self._execute(queue[0])
+                queue.popleft()
+        finally:
+            del self._lanes[lane]
+
+    async def _execute(self, command: command_flow_pb2.Command) -> None:
+        inner = command.node if command.HasField("node") else command.host
+        command_id = inner.meta.api_command_id.value
+        kind = f"{command.WhichOneof('type')}.{inner.WhichOneof('command')}"
+        if not command_id:
+            self._emit(
+                command_result(
+                    "",
+                    ExitCode.INVALID_COMMAND,
+                    f"the {kind} command has no meta.api_command_id to report under",
+                )
+            )
+            return
+        if await self._answered_before(command_id):
+            return
+
+        node_id = command.node.id.value if command.HasField("node") else None
+        await self._db(self._db.store.record_command, command_id, node_id, kind)
+        self._emit(command_ack(command_id))
+        log.debug(
+            "command %s (%s) for %s: started", command_id, kind, node_id or "host"
+        )
+
+        code, response = await self._outcome(command)
+
+        await self._db(self._db.store.finish_command, command_id, int(code), response)
+        log.info("command %s (%s): exit code %d: %s", command_id, kind, code, response)
+        self._emit(command_result(command_id, code, response))
+
+    async def _answered_before(self, command_id: str) -> bool:
+        record = await self._db(self._db.store.command, command_id)
+        if record is None:
+            return False
+        self._emit(command_ack(command_id))
+        if record.finished:
+            log.info(
+                "command %s was executed before; sending its result again", command_id
+            )
+            assert record.exit_code is not None
+            self._emit(
+                command_result(command_id, record.exit_code, record.response or "")
+            )
+            return True
+        code, why = (
+            ExitCode.INTERNAL_ERROR,
+            (
+                "the agent stopped while this command ran; check the node's status "
+                "before sending it again"
+            ),
+        )
+        await self._db(self._db.store.finish_command, command_id, int(code), why)
+        self._emit(command_result(command_id, code, why))
+        return True
+
+    async def _outcome(self, command: command_flow_pb2.Command) -> tuple[ExitCode, str]:
+        try:
+            if command.HasField("node"):
+                return ExitCode.OK, await self._run_node(command.node)
+            return ExitCode.OK, await self._run_host(command.host)
+        except CommandError as exc:
+            return exc.exit_code, str(exc)
+        except RuntimeFailure as exc:
+            return ExitCode.RUNTIME_ERROR, str(exc)
+        except Exception as exc:  # one command's bug must not end the stream
+            log.exception("command failed unexpectedly")
+            return ExitCode.INTERNAL_ERROR, f"internal error: {exc!r}"
+
+    async def _run_node(self, command: node_pb2.NodeCommand) -> str:
+        node_id, which = command.id.value, command.WhichOneof("command")
+        nodes = self.nodes
+        match which:
+            case "create":
+                return await nodes.create(node_id, command.create)
+            case "start":
+                return await nodes.start(node_id)
+            case "stop":
+                return await nodes.stop(node_id)
+            case "restart":
+                return await nodes.restart(node_id)
+            case "upgrade":
+                return await nodes.upgrade(node_id, command.upgrade)
+            case "delete":
+                return await nodes.delete(node_id)
+            case "snapshot":
+                return await nodes.snapshot(node_id)
+            case "update":
+                return await nodes.rename(node_id, command.update)
+            case "info_get":
+                return await nodes.info(node_id)
+            case "generic":
+                await nodes.require(node_id)
+                raise NotSupported(
+                    f"node {node_id}: generic protocol commands are not supported yet"
+                )
+            case None:
+                raise InvalidCommand(
+                    f"the NodeCommand for node {node_id!r} carries no command"
+                )
+        raise InvalidCommand(f"unknown node command {which!r}")
+
+    async def _run_host(self, command: host_pb2.HostCommand) -> str:
+        which = command.WhichOneof("command")
+        if which == "info_get":
+            self._emit(host_update(await self._host_info()))
+            return "host info sent"
+        if which is None:
+            raise InvalidCommand("the HostCommand carries no command")
+        what = _HOST_UNSUPPORTED.get(which, repr(which))
+        raise NotSupported(f"{what} is not supported by this agent")

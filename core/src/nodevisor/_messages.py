@@ -1,0 +1,40 @@
+"""Building the ``InfoUpdate`` messages the agent sends."""
+
+from __future__ import annotations
+
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
+
+from ._store import NodeRecord
+
+__all__ = ["command_ack", "command_result", "host_update", "node_update"]
+
+
+def node_update(node: NodeRecord) -> command_flow_pb2.InfoUpdate:
+    info = node_pb2.NodeInfo(
+        id=common_pb2.Uuid(value=node.id),
+        name=node.name,
+        container_status=int(node.status),  # type: ignore[arg-type]
+        image=node.url,
+        runtime=node.runtime,
+    )
+    if node.failure:
+        info.failure_reason = node.failure
+    return command_flow_pb2.InfoUpdate(node=info)
+
+
+def host_update(info: host_pb2.HostInfo) -> command_flow_pb2.InfoUpdate:
+    return command_flow_pb2.InfoUpdate(host=info)
+
+
+def command_ack(command_id: str) -> command_flow_pb2.InfoUpdate:
+    info = command_flow_pb2.CommandInfo(id=common_pb2.Uuid(value=command_id))
+    return command_flow_pb2.InfoUpdate(command=info)
+
+
+def command_result(
+    command_id: str, exit_code: int, response: str
+) -> command_flow_pb2.InfoUpdate:
+    info = command_flow_pb2.CommandInfo(
+        id=common_pb2.Uuid(value=command_id), exit_code=exit_code, response=response
+    )
+    return command_flow_pb2.InfoUpdate(command=info)

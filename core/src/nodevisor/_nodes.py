@@ -1,0 +1,424 @@
+"""Node commands: each drives one node through the state machine.
+
+``NodeManager`` holds the rules of what a command does to a node. It is the
+only place that changes a node's status: every change is checked against
+``TRANSITIONS``, written to the store first, then reported and logged. A
+runtime is asked to act only after the store records what is about to
+happen.
+
+The dispatcher guarantees that commands for one node never overlap, so these
+methods need no lock of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from blockjoy.api.v1 import node_pb2
+
+from ._catalogue import Catalogue, Release
+from ._errors import (
+    Conflict,
+    InvalidArgument,
+    InvalidTransition,
+    NodeNotFound,
+    NotSupported,
+    RuntimeFailure,
+    ServiceNotReady,
+    UpgradeFailed,
+)
+from ._runtime import NodeSpec, NodeState, Runtime
+from ._states import NodeStatus, check_transition
+from ._store import NodeRecord, Store
+
+__all__ = ["NodeManager", "StoreRunner", "validate_name"]
+
+log = logging.getLogger(__name__)
+
+S = NodeStatus
+T = TypeVar("T")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_NAME = 63
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a valid node name; raise ``InvalidArgument``."""
+    if not name:
+        raise InvalidArgument("node name is empty")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(
+            f"node name {name[:20]!r}... is {len(name)} characters long; "
+            f"at most {MAX_NAME} are allowed"
+        )
+    if not _NAME.match(name):
+        raise InvalidArgument(
+            f"node name {name!r} may hold only letters, digits, '-', '_' and '.', "
+            "and must start with a letter or digit"
+        )
+    return name
+
+
+def _validate_id(node_id: str) -> str:
+    try:
+        return str(uuid.UUID(node_id))
+    except ValueError:
+        raise InvalidArgument(f"node id {node_id!r} is not a UUID") from None
+
+
+class StoreRunner:
+    """Runs store calls in one worker thread at a time, off the event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)
+
+
+class NodeManager:
+    def __init__(
+        self,
+        *,
+        db: StoreRunner,
+        catalogue: Catalogue,
+        runtimes: dict[str, Runtime],
+        unavailable: dict[str, str],
+        default_runtime: str,
+        host_id: str,
+        snapshot_dir: Path,
+        report: Callable[[NodeRecord], None],
+    ) -> None:
+        self._db = db
+        self._store = db.store
+        self.catalogue = catalogue
+        self.runtimes = runtimes
+        self._unavailable = unavailable
+        self.default_runtime = default_runtime
+        self.host_id = host_id
+        self.snapshot_dir = snapshot_dir
+        self._report = report
+
+    # lookups
+
+    async def nodes(self) -> list[NodeRecord]:
+        return await self._db(self._store.nodes)
+
+    async def require(self, node_id: str) -> NodeRecord:
+        node = await self._db(self._store.node, node_id)
+        if node is None:
+            raise NodeNotFound(f"no node with id {node_id!r} on this host")
+        if node.status is S.Deleted:
+            raise NodeNotFound(f"node {node_id} was deleted")
+        return node
+
+    def runtime(self, name: str) -> Runtime:
+        runtime = self.runtimes.get(name)
+        if runtime is None:
+            why = self._unavailable.get(name, "it is not installed")
+            raise ServiceNotReady(f"runtime {name!r} is not available: {why}")
+        return runtime
+
+    def spec(self, node: NodeRecord, release: Release | None = None) -> NodeSpec:
+        release = release or self.catalogue.resolve(node.url, node.runtime)
+        return NodeSpec(
+            id=node.id,
+            name=node.name,
+            host_id=self.host_id,
+            protocol=release.protocol,
+            version=release.version,
+            image=release.image,
+            command=release.command,
+            ports=release.ports,
+            data_path=release.data_path,
+            stop_signal=release.stop_signal,
+            grace_period=release.grace_period,
+            environment=release.environment,
+            options=release.options,
+        )
+
+    # status changes: the only place a node's status is written
+
+    async def _move(self, node: NodeRecord, target: NodeStatus) -> NodeRecord:
+        check_transition(node.id, node.status, target)
+        return await self._save(
+            node.replace(status=target), f"{node.status.name} -> {target.name}"
+        )
+
+    async def _save(self, node: NodeRecord, why: str) -> NodeRecord:
+        node = await self._db(self._store.save_node, node)
+        log.info("node %s (%s): %s", node.id, node.name, why)
+        self._report(node)
+        return node
+
+    async def _expect(self, node: NodeRecord, expected: NodeStatus) -> NodeRecord:
+        if node.expected is expected and node.failure is None:
+            return node
+        return await self._db(
+            self._store.save_node, node.replace(expected=expected, failure=None)
+        )
+
+    async def _settle(self, node: NodeRecord, runtime: Runtime, exc: Exception) -> None:
+        """After a failed step, record the status the runtime actually shows."""
+        try:
+            actual = await runtime.inspect(node.id)
+        except Exception as inner:  # the node's state stays unknown; keep the record
+            log.warning("node %s: cannot inspect after a failure: %r", node.id, inner)
+            actual = None
+        status = (
+            S.Running if actual and actual.state is NodeState.RUNNING else S.Stopped
+        )
+        await self._save(
+            node.replace(status=status, failure=str(exc)),
+            f"failed, now {status.name}: {exc}",
+        )
+
+    async def _guarded(
+        self, node: NodeRecord, runtime: Runtime, step: Awaitable[T]
+    ) -> T:
+        try:
+            return await step
+        except RuntimeFailure as exc:
+            await self._settle(node, runtime, exc)
+            raise
+
+    # commands
+
+    async def create(self, node_id: str, msg: node_pb2.NodeCreate) -> str:
+        node_id = _validate_id(node_id)
+        existing = await self._db(self._store.node, node_id)
+        if existing is not None and existing.status is not S.Deleted:
+            return f"node {node_id} exists already ({existing.name}); nothing to do"
+        name = validate_name(msg.name)
+        release = self.catalogue.resolve(msg.image.url, self.default_runtime)
+        if msg.blockchain and msg.blockchain != release.protocol:
+            raise InvalidArgument(
+                f"blockchain {msg.blockchain!r} does not match image url "
+                f"{msg.image.url!r}, whose protocol is {release.protocol!r}"
+            )
+        runtime = self.runtime(self.default_runtime)
+        holder = await self._db(self._store.node_named, name)
+        if holder is not None:
+            raise Conflict(f"node name {name!r} is taken by node {holder.id}")
+
+        node = NodeRecord(
+            id=node_id,
+            name=name,
+            protocol=release.protocol,
+            version=release.version,
+            runtime=runtime.name,
+            node_type=msg.type,
+            status=S.UndefinedContainerStatus,
+            expected=S.Stopped,
+        )
+        node = await self._db(self._store.save_node, node)
+        spec = self.spec(node, release)
+        try:
+            node = await self._move(node, S.Installing)
+            await runtime.prepare(spec)
+            node = await self._move(node, S.Creating)
+            await runtime.create(spec)
+        except RuntimeFailure as exc:
+            await self._undo_create(node, runtime, exc)
+            raise
+        await self._move(node, S.Stopped)
+        return f"node {node_id} ({name}) created from {release.url}"
+
+    async def _undo_create(
+        self, node: NodeRecord, runtime: Runtime, exc: Exception
+    ) -> None:
+        try:
+            await runtime.delete(node.id)
+        except Exception as inner:  # best effort; the create already failed
+            log.warning(
+                "node %s: cleanup after a failed create failed: %r", node.id, inner
+            )
+        await self._db(self._store.forget_node, node.id)
+        gone = node.replace(
+            status=S.UndefinedContainerStatus, failure=f"create failed: {exc}"
+        )
+        log.info(
+            "node %s (%s): create failed, record removed: %s", node.id, node.name, exc
+        )
+        self._report(gone)
+
+    async def start(self, node_id: str) -> str:
+        node = await self.require(node_id)
+        if node.status is S.Running:
+            return f"node {node_id} is running already"
+        self._need(node, S.Stopped, "start")
+        runtime = self.runtime(node.runtime)
+        node = await self._expect(node, S.Running)
+        await self._start(node, runtime)
+        return f"node {node_id} started"
+
+    async def _start(self, node: NodeRecord, runtime: Runtime) -> NodeRecord:
+        node = await self._move(node, S.Starting)
+        await self._guarded(node, runtime, runtime.start(self.spec(node)))
+        return await self._move(node, S.Running)
+
+    async def stop(self, node_id: str) -> str:
+        node = await self.require(node_id)
+        if node.status is S.Stopped:
+            return f"node {node_id} is stopped already"
+        self._need(node, S.Running, "stop")
+        runtime = self.runtime(node.runtime)
+        node = await self._expect(node, S.Stopped)
+        _, message = await self._stop(node, runtime)
+        return message
+
+    async def _stop(self, node: NodeRecord, runtime: Runtime) -> tuple[NodeRecord, str]:
+        spec = self.spec(node)
+        node = await self._move(node, S.Stopping)
+        outcome = await self._guarded(node, runtime, runtime.stop(spec))
+        node = await self._move(node, S.Stopped)
+        if outcome.clean:
+            return node, f"node {node.id} stopped"
+        detail = outcome.detail or "killed"
+        return node, (
+            f"node {node.id} stopped uncleanly: {detail} "
+            f"(it did not exit within {spec.grace_period:g}s of {spec.stop_signal})"
+        )
+
+    async def restart(self, node_id: str) -> str:
+        node = await self.require(node_id)
+        if node.status not in (S.Running, S.Stopped):
+            self._need(node, S.Running, "restart")
+        runtime = self.runtime(node.runtime)
+        node = await self._expect(node, S.Running)
+        stopped = ""
+        if node.status is S.Running:
+            node, stopped = await self._stop(node, runtime)
+        await self._start(node, runtime)
+        unclean = f" ({stopped})" if "uncleanly" in stopped else ""
+        return f"node {node_id} restarted{unclean}"
+
+    async def upgrade(self, node_id: str, msg: node_pb2.NodeUpgrade) -> str:
+        node = await self.require(node_id)
+        runtime = self.runtime(node.runtime)
+        release = self.catalogue.resolve(msg.image.url, node.runtime)
+        if release.protocol != node.protocol:
+            raise InvalidArgument(
+                f"cannot upgrade node {node_id} from protocol {node.protocol!r} "
+                f"to {release.protocol!r}; an upgrade keeps the protocol"
+            )
+        if release.version == node.version:
+            return f"node {node_id} runs {release.url} already"
+        if not runtime.capabilities.upgrade:
+            raise NotSupported(f"runtime {runtime.name!r} cannot upgrade nodes")
+        self._need(node, S.Running, "upgrade")
+
+        old, new = self.spec(node), self.spec(node, release)
+        try:
+            await runtime.prepare(new)
+        except RuntimeFailure as exc:
+            raise UpgradeFailed(
+                f"upgrade of node {node_id} to {release.url} failed before the node "
+                f"was touched; it keeps running {node.url}: {exc}"
+            ) from exc
+        node = await self._move(node, S.Upgrading)
+        try:
+            await runtime.stop(old)
+            await runtime.upgrade(old, new)
+        except RuntimeFailure as exc:
+            await self._roll_back(node, runtime, old, new, exc)
+            raise UpgradeFailed(
+                f"upgrade of node {node_id} to {release.url} failed and was rolled "
+                f"back to {node.url}: {exc}"
+            ) from exc
+        node = await self._save(
+            node.replace(version=release.version, status=S.Upgraded),
+            f"Upgrading -> Upgraded ({release.url})",
+        )
+        await self._guarded(node, runtime, runtime.start(new))
+        await self._move(node, S.Running)
+        return f"node {node_id} upgraded from {old.url} to {new.url}"
+
+    async def _roll_back(
+        self,
+        node: NodeRecord,
+        runtime: Runtime,
+        old: NodeSpec,
+        new: NodeSpec,
+        exc: Exception,
+    ) -> None:
+        try:
+            await runtime.upgrade(new, old)
+            await runtime.start(old)
+        except Exception as inner:  # reported through the node's status below
+            log.warning("node %s: rollback of the upgrade failed: %r", node.id, inner)
+        await self._settle(node, runtime, exc)
+
+    async def delete(self, node_id: str) -> str:
+        node = await self.require(node_id)
+        if node.status not in (S.Running, S.Stopped):
+            self._need(node, S.Stopped, "delete")
+        runtime = self.runtime(node.runtime)
+        node = await self._expect(node, S.Deleted)
+        if node.status is S.Running:
+            node, _ = await self._stop(node, runtime)
+        node = await self._move(node, S.Deleting)
+        await self._guarded(node, runtime, runtime.delete(node_id))
+        await self._move(node, S.Deleted)
+        return f"node {node_id} deleted with its data"
+
+    async def snapshot(self, node_id: str) -> str:
+        node = await self.require(node_id)
+        runtime = self.runtime(node.runtime)
+        if not runtime.capabilities.snapshot:
+            raise NotSupported(f"runtime {runtime.name!r} cannot snapshot nodes")
+        self._need(node, S.Stopped, "snapshot")
+        node = await self._expect(node, S.Running)
+        destination = self.snapshot_dir / node_id
+        await anyio.Path(destination).mkdir(parents=True, exist_ok=True)
+        node = await self._move(node, S.Snapshotting)
+        path = await self._guarded(
+            node, runtime, runtime.snapshot(self.spec(node), destination)
+        )
+        await self._start(node, runtime)
+        return f"node {node_id} snapshot written to {path}"
+
+    async def rename(self, node_id: str, msg: node_pb2.NodeInfoUpdate) -> str:
+        node = await self.require(node_id)
+        if not msg.HasField("name") or msg.name == node.name:
+            self._report(node)
+            return f"node {node_id} unchanged"
+        name = validate_name(msg.name)
+        holder = await self._db(self._store.node_named, name)
+        if holder is not None:
+            raise Conflict(f"node name {name!r} is taken by node {holder.id}")
+        await self._save(node.replace(name=name), f"renamed from {node.name!r}")
+        return f"node {node_id} renamed to {name}"
+
+    async def info(self, node_id: str) -> str:
+        node = await self.require(node_id)
+        runtime = self.runtime(node.runtime)
+        actual = await runtime.inspect(node_id)
+        observed = _observed(actual.state if actual else NodeState.ABSENT)
+        if node.status.settled and observed is not None and observed is not node.status:
+            detail = f": {actual.detail}" if actual and actual.detail else ""
+            why = f"found {observed.name} outside nodevisor{detail}"
+            node = await self._save(node.replace(status=observed, failure=why), why)
+        elif actual is None and node.status.settled:
+            why = f"the runtime {runtime.name!r} has no trace of the node"
+            node = await self._save(node.replace(failure=why), why)
+        else:
+            self._report(node)
+        return f"node {node_id} is {node.status.name}"
+
+    def _need(self, node: NodeRecord, status: NodeStatus, command: str) -> None:
+        if node.status is not status:
+            raise InvalidTransition(
+                f"cannot {command} node {node.id}: it is {node.status.name}, "
+                f"and {command} needs it {status.name}"
+            )
+
+
+def _observed(state: NodeState) -> NodeStatus | None:
+    return {NodeState.RUNNING: S.Running, NodeState.STOPPED: S.Stopped}.get(state)
