@@ -69,7 +69,9 @@ class MemoryRuntime(Runtime):
         self.calls[operation] += 1
         await anyio.sleep(self.delay.get(operation, 0))
         if operation in self.fail:
-            raise RuntimeFailure(f"memory runtime told to fail {operation} (node {node_id})")
+            raise RuntimeFailure(
+                f"memory runtime told to fail {operation} (node {node_id})"
+            )
         return self._load()
 
     def _owned(self, nodes: dict[str, dict[str, Any]], node_id: str) -> dict[str, Any]:
@@ -84,15 +86,21 @@ class MemoryRuntime(Runtime):
         self.calls["prepare"] += 1
         await anyio.sleep(self.delay.get("prepare", 0))
         if "prepare" in self.fail or spec.image in self.missing_images:
-            raise ImageUnavailable(f"image {spec.image!r} for node {spec.id} is not available")
+            raise ImageUnavailable(
+                f"image {spec.image!r} for node {spec.id} is not available"
+            )
 
     async def create(self, spec: NodeSpec) -> None:
         nodes = await self._step("create", spec.id)
         if spec.id in nodes:
             return
         nodes[spec.id] = {
-            "name": spec.name, "host_id": spec.host_id, "image": spec.image,
-            "url": spec.url, "state": NodeState.STOPPED.value, "files": {},
+            "name": spec.name,
+            "host_id": spec.host_id,
+            "image": spec.image,
+            "url": spec.url,
+            "state": NodeState.STOPPED.value,
+            "files": {},
         }
         self._dump(nodes)
 
@@ -171,8 +179,11 @@ class MemoryRuntime(Runtime):
 
 def _as_runtime_node(node_id: str, node: dict[str, Any]) -> RuntimeNode:
     return RuntimeNode(
-        id=node_id, name=node["name"], state=NodeState(node["state"]),
-        image=node["image"], url=node["url"],
+        id=node_id,
+        name=node["name"],
+        state=NodeState(node["state"]),
+        image=node["image"],
+        url=node["url"],
     )
 
 

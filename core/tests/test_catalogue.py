@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+from nodevisor import Catalogue, CatalogueError, InvalidArgument, parse_url
+from nodevisor._config import BUILTIN_CATALOGUE
+
+
+def test_resolves_a_version_for_a_runtime(catalogue_dir):
+    release = Catalogue.load([catalogue_dir]).resolve("testchain/2", "memory")
+    assert (release.image, release.stop_signal, release.grace_period) == (
+        "testchain:2",
+        "SIGINT",
+        0.2,
+    )
+    assert release.command == ("testchaind",)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("testchain", "not of the form <protocol>/<version>"),
+        ("", "not of the form"),
+        ("../etc/passwd", "not of the form"),
+        ("nochain/1", "protocol 'nochain' is not in the catalogue"),
+        ("testchain/9", "has no version '9'"),
+    ],
+)
+def test_unknown_or_malformed_urls_are_named(catalogue_dir, url, message):
+    with pytest.raises(InvalidArgument, match=message):
+        Catalogue.load([catalogue_dir]).resolve(url, "memory")
+
+
+def test_a_version_without_an_image_for_the_runtime_is_refused(catalogue_dir):
+    with pytest.raises(InvalidArgument, match="no image for the 'docker' runtime"):
+        Catalogue.load([catalogue_dir]).resolve("testchain/1", "docker")
+
+
+def test_parse_url_splits_protocol_and_version():
+    assert parse_url("litecoin-regtest/0.21.2-1") == ("litecoin-regtest", "0.21.2-1")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("protocol = 'x'\n[versions]\n", "declares protocol 'x'"),
+        ("protocol = 'bad'\n[node]\nstop_signal = 'SIGNOPE'\n[versions]\n", "SIGNOPE"),
+        ("protocol = 'bad'\nversions = 3\n", "not valid"),
+        ("protocol = ", "cannot be read"),
+    ],
+)
+def test_bad_spec_files_are_reported_with_their_path(tmp_path: Path, text, message):
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(CatalogueError, match=message):
+        Catalogue.load([tmp_path])
+
+
+def test_a_missing_catalogue_directory_is_named(tmp_path):
+    with pytest.raises(CatalogueError, match="does not exist"):
+        Catalogue.load([tmp_path / "nope"])
+
+
+def test_the_builtin_catalogue_loads():
+    protocols = Catalogue.load([BUILTIN_CATALOGUE]).protocols()
+    assert protocols["litecoin-regtest"] == ["0.21.2-1", "0.21.2-2"]

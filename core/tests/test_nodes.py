@@ -1,0 +1,304 @@
+"""Node commands on the memory runtime: the status flow each one reports."""
+
+import uuid
+
+import pytest
+from blockjoy.api.v1 import common_pb2, node_pb2
+from nodevisor import (
+    Capabilities,
+    Catalogue,
+    Conflict,
+    InvalidArgument,
+    InvalidTransition,
+    NodeNotFound,
+    NodeState,
+    NotSupported,
+    RuntimeFailure,
+    ServiceNotReady,
+    UpgradeFailed,
+)
+from nodevisor._states import NodeStatus
+
+pytestmark = pytest.mark.anyio
+
+
+def create(name="alpha", url="testchain/1", blockchain=""):
+    return node_pb2.NodeCreate(
+        name=name, blockchain=blockchain, image=common_pb2.ContainerImage(url=url)
+    )
+
+
+async def running(manager, node_id):
+    await manager.create(node_id, create())
+    await manager.start(node_id)
+
+
+async def test_create_goes_installing_creating_stopped(
+    manager, reports, memory, new_id
+):
+    response = await manager.create(new_id, create())
+    assert "created from testchain/1" in response
+    assert reports.statuses(new_id) == ["Installing", "Creating", "Stopped"]
+    assert (await memory.inspect(new_id)).state is NodeState.STOPPED
+    assert (await manager.require(new_id)).expected is NodeStatus.Stopped
+
+
+async def test_full_lifecycle_reports_every_transition(manager, reports, new_id):
+    await manager.create(new_id, create())
+    await manager.start(new_id)
+    await manager.restart(new_id)
+    await manager.upgrade(
+        new_id, node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    )
+    await manager.stop(new_id)
+    await manager.delete(new_id)
+    assert reports.statuses(new_id) == [
+        "Installing",
+        "Creating",
+        "Stopped",
+        "Starting",
+        "Running",
+        "Stopping",
+        "Stopped",
+        "Starting",
+        "Running",
+        "Upgrading",
+        "Upgraded",
+        "Running",
+        "Stopping",
+        "Stopped",
+        "Deleting",
+        "Deleted",
+    ]
+
+
+async def test_create_of_an_existing_id_does_nothing(manager, reports, memory, new_id):
+    await manager.create(new_id, create())
+    before = len(reports)
+    response = await manager.create(new_id, create(name="other"))
+    assert "exists already" in response
+    assert len(reports) == before
+    assert memory.calls["create"] == 1
+
+
+async def test_create_with_a_taken_name_fails_and_changes_nothing(
+    manager, reports, new_id
+):
+    await manager.create(new_id, create())
+    other = str(uuid.uuid4())
+    with pytest.raises(Conflict, match=f"'alpha' is taken by node {new_id}"):
+        await manager.create(other, create())
+    assert reports.statuses(other) == []
+    with pytest.raises(NodeNotFound):
+        await manager.require(other)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "node name is empty"),
+        ("x" * 64, "is 64 characters long; at most 63"),
+        ("../etc", "may hold only letters"),
+        ("a/b", "may hold only letters"),
+        ("-lead", "must start with a letter or digit"),
+    ],
+)
+async def test_bad_names_are_refused(manager, reports, new_id, name, message):
+    with pytest.raises(InvalidArgument, match=message):
+        await manager.create(new_id, create(name=name))
+    assert reports == []
+
+
+async def test_unknown_image_and_mismatched_blockchain_are_refused(
+    manager, reports, new_id
+):
+    with pytest.raises(InvalidArgument, match="has no version '7'"):
+        await manager.create(new_id, create(url="testchain/7"))
+    with pytest.raises(InvalidArgument, match="blockchain 'ethereum' does not match"):
+        await manager.create(new_id, create(blockchain="ethereum"))
+    assert reports == []
+
+
+async def test_a_node_id_must_be_a_uuid(manager):
+    with pytest.raises(InvalidArgument, match="node id 'node-1' is not a UUID"):
+        await manager.create("node-1", create())
+
+
+async def test_an_unavailable_image_rolls_the_create_back(
+    manager, memory, reports, new_id
+):
+    memory.missing_images.add("testchain:1")
+    with pytest.raises(RuntimeFailure, match="'testchain:1'"):
+        await manager.create(new_id, create())
+    assert reports.statuses(new_id) == ["Installing", "UndefinedContainerStatus"]
+    assert "create failed" in reports[-1].failure
+    with pytest.raises(NodeNotFound):
+        await manager.require(new_id)
+    # nothing was left behind: the same create succeeds once the image exists
+    memory.missing_images.clear()
+    await manager.create(new_id, create())
+
+
+async def test_noops_succeed_without_calling_the_runtime(
+    manager, memory, reports, new_id
+):
+    await manager.create(new_id, create())
+    assert "stopped already" in await manager.stop(new_id)
+    await manager.start(new_id)
+    starts = memory.calls["start"]
+    assert "running already" in await manager.start(new_id)
+    assert memory.calls["start"] == starts
+
+
+async def test_commands_for_an_unknown_node(manager, new_id):
+    for call in (
+        manager.start,
+        manager.stop,
+        manager.delete,
+        manager.info,
+        manager.restart,
+    ):
+        with pytest.raises(NodeNotFound, match=f"no node with id '{new_id}'"):
+            await call(new_id)
+
+
+async def test_upgrade_needs_a_running_node(manager, new_id):
+    await manager.create(new_id, create())
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    with pytest.raises(
+        InvalidTransition, match="it is Stopped, and upgrade needs it Running"
+    ):
+        await manager.upgrade(new_id, upgrade)
+
+
+async def test_upgrade_to_a_missing_image_leaves_the_node_running(
+    manager, memory, reports, new_id
+):
+    await running(manager, new_id)
+    memory.missing_images.add("testchain:2")
+    before = len(reports)
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    with pytest.raises(UpgradeFailed, match="keeps running testchain/1"):
+        await manager.upgrade(new_id, upgrade)
+    assert len(reports) == before
+    assert memory.calls["stop"] == 0
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+
+
+async def test_failed_upgrade_rolls_back(manager, memory, reports, new_id):
+    await running(manager, new_id)
+    memory.fail.add("upgrade")
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    with pytest.raises(UpgradeFailed, match="rolled back to testchain/1"):
+        await manager.upgrade(new_id, upgrade)
+    node = await manager.require(new_id)
+    assert node.version == "1"
+    assert reports.statuses(new_id)[-2:] == ["Upgrading", "Stopped"]
+    assert "told to fail upgrade" in node.failure
+
+
+async def test_upgrade_keeps_data_and_delete_removes_it(manager, memory, new_id):
+    await running(manager, new_id)
+    memory.write_file(new_id, "marker", "kept")
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    await manager.upgrade(new_id, upgrade)
+    assert memory.read_file(new_id, "marker") == "kept"
+    assert (await manager.require(new_id)).url == "testchain/2"
+    await manager.delete(new_id)
+    assert memory.read_file(new_id, "marker") is None
+
+
+async def test_upgrade_to_another_protocol_is_refused(manager, catalogue_dir, new_id):
+    (catalogue_dir / "other.toml").write_text(
+        'protocol = "other"\n[versions."1".runtimes.memory]\nimage = "o:1"\n'
+    )
+    manager.catalogue = Catalogue.load([catalogue_dir])
+    await running(manager, new_id)
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="other/1"))
+    with pytest.raises(InvalidArgument, match="an upgrade keeps the protocol"):
+        await manager.upgrade(new_id, upgrade)
+
+
+async def test_delete_of_a_running_node_stops_it_first(manager, reports, new_id):
+    await running(manager, new_id)
+    await manager.delete(new_id)
+    assert reports.statuses(new_id)[-4:] == [
+        "Stopping",
+        "Stopped",
+        "Deleting",
+        "Deleted",
+    ]
+    with pytest.raises(NodeNotFound, match="was deleted"):
+        await manager.start(new_id)
+
+
+async def test_unclean_stop_is_reported_in_the_response(manager, memory, new_id):
+    await running(manager, new_id)
+    memory.ignore_stop = True
+    response = await manager.stop(new_id)
+    assert "stopped uncleanly: killed by SIGKILL" in response
+    assert "within 0.2s of SIGINT" in response
+
+
+async def test_a_failed_start_settles_on_the_actual_state(
+    manager, memory, reports, new_id
+):
+    await manager.create(new_id, create())
+    memory.fail.add("start")
+    with pytest.raises(RuntimeFailure, match="told to fail start"):
+        await manager.start(new_id)
+    node = await manager.require(new_id)
+    assert node.status is NodeStatus.Stopped
+    assert "told to fail start" in node.failure
+    assert reports.statuses(new_id)[-2:] == ["Starting", "Stopped"]
+
+
+async def test_snapshot_goes_snapshotting_starting_running(
+    manager, reports, new_id, tmp_path
+):
+    await manager.create(new_id, create())
+    response = await manager.snapshot(new_id)
+    assert str(tmp_path / "snapshots" / new_id) in response
+    assert reports.statuses(new_id)[-3:] == ["Snapshotting", "Starting", "Running"]
+
+
+async def test_snapshot_of_a_running_node_is_refused(manager, new_id):
+    await running(manager, new_id)
+    with pytest.raises(
+        InvalidTransition, match="it is Running, and snapshot needs it Stopped"
+    ):
+        await manager.snapshot(new_id)
+
+
+async def test_info_notices_a_node_stopped_outside_nodevisor(
+    manager, memory, reports, new_id
+):
+    await running(manager, new_id)
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    assert "is Stopped" in await manager.info(new_id)
+    assert "found Stopped outside nodevisor" in reports[-1].failure
+
+
+async def test_rename_checks_the_name(manager, new_id):
+    await manager.create(new_id, create())
+    other = str(uuid.uuid4())
+    await manager.create(other, create(name="beta"))
+    with pytest.raises(Conflict):
+        await manager.rename(new_id, node_pb2.NodeInfoUpdate(name="beta"))
+    with pytest.raises(InvalidArgument):
+        await manager.rename(new_id, node_pb2.NodeInfoUpdate(name="a b"))
+    await manager.rename(new_id, node_pb2.NodeInfoUpdate(name="gamma"))
+    assert (await manager.require(new_id)).name == "gamma"
+
+
+async def test_a_node_whose_runtime_is_missing_gets_service_not_ready(manager, new_id):
+    manager.runtimes.clear()
+    with pytest.raises(ServiceNotReady, match="runtime 'memory' is not available"):
+        await manager.create(new_id, create())
+
+
+async def test_a_runtime_without_snapshot_says_not_supported(manager, memory, new_id):
+    await manager.create(new_id, create())
+    memory.capabilities = Capabilities(snapshot=False)  # shadows the class flags
+    with pytest.raises(NotSupported, match="cannot snapshot"):
+        await manager.snapshot(new_id)
