@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from nodevisor import Catalogue, RuntimeContext
 from nodevisor._nodes import NodeManager, StoreRunner
 from nodevisor._store import NodeRecord, Store

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from nodevisor import Catalogue, CatalogueError, InvalidArgument, parse_url
 from nodevisor._config import BUILTIN_CATALOGUE
 

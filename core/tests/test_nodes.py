@@ -3,6 +3,7 @@
 import uuid
 
 import pytest
+
 from blockjoy.api.v1 import common_pb2, node_pb2
 from nodevisor import (
     Capabilities,

@@ -1,6 +1,7 @@
 import itertools
 
 import pytest
+
 from blockjoy.api.v1 import node_pb2
 from nodevisor import InvalidTransition
 from nodevisor._states import TRANSITIONS, NodeStatus, check_transition

@@ -6,6 +6,7 @@ import logging
 from contextlib import AsyncExitStack
 
 import anyio
+
 from blockjoy.api.v1 import command_flow_pb2, host_pb2
 
 from ._catalogue import Catalogue

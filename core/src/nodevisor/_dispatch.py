@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import TaskGroup
+
 from blockjoy.api.v1 import command_flow_pb2, host_pb2, node_pb2
 
 from ._errors import (
@@ -57,6 +58,8 @@ class Dispatcher:
         self._host_info = host_info
         self._lanes: dict[str, deque[command_flow_pb2.Command]] = {}
         self._tasks: TaskGroup | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
 
     async def __aenter__(self) -> Dispatcher:
         self._tasks = anyio.create_task_group()
@@ -71,6 +74,10 @@ class Dispatcher:
     @property
     def busy(self) -> bool:
         return bool(self._lanes)
+
+    async def wait_idle(self) -> None:
+        """Return once no command is queued or running."""
+        await self._idle.wait()
 
     def submit(self, command: command_flow_pb2.Command) -> None:
         """Queue a command on its node's lane. Never blocks."""
@@ -91,6 +98,8 @@ class Dispatcher:
             queue.append(command)
             return
         self._lanes[lane] = deque([command])
+        if self._idle.is_set():
+            self._idle = anyio.Event()
         assert self._tasks is not None, "use the dispatcher inside 'async with'"
         self._tasks.start_soon(self._drain, lane, name=f"lane {lane}")
 
@@ -102,6 +111,8 @@ class Dispatcher:
                 queue.popleft()
         finally:
             del self._lanes[lane]
+            if not self._lanes:
+                self._idle.set()
 
     async def _execute(self, command: command_flow_pb2.Command) -> None:
         inner = command.node if command.HasField("node") else command.host

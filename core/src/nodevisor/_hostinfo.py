@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import psutil
+
 from blockjoy.api.v1 import common_pb2, host_pb2
 
 from . import __version__

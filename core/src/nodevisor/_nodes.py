@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+
 from blockjoy.api.v1 import node_pb2
 
 from ._catalogue import Catalogue, Release

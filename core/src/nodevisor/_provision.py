@@ -7,6 +7,7 @@ import uuid
 
 import anyio
 import grpc
+
 from blockjoy.api.v1 import common_pb2, host_pb2, host_pb2_grpc
 
 from ._config import AgentConfig

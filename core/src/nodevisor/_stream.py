@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 import grpc
+
 from blockjoy.api.v1 import command_flow_pb2, command_flow_pb2_grpc
 
 from ._credentials import Credentials

@@ -1,0 +1,209 @@
+"""The dispatcher: acks, results, ordering per node, and bad commands."""
+
+import uuid
+
+import anyio
+import pytest
+
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
+from nodevisor import ExitCode
+from nodevisor._dispatch import Dispatcher
+from nodevisor._messages import node_update
+from nodevisor._nodes import StoreRunner
+
+pytestmark = pytest.mark.anyio
+
+
+def node_command(node_id, command_id=None, **variant):
+    meta = common_pb2.CommandMeta(
+        api_command_id=common_pb2.Uuid(value=command_id or str(uuid.uuid4()))
+    )
+    inner = node_pb2.NodeCommand(
+        id=common_pb2.Uuid(value=node_id), meta=meta, **variant
+    )
+    return command_flow_pb2.Command(node=inner)
+
+
+def create_command(node_id, name="alpha", url="testchain/1", **kw):
+    image = common_pb2.ContainerImage(url=url)
+    return node_command(
+        node_id, create=node_pb2.NodeCreate(name=name, image=image), **kw
+    )
+
+
+class Sent(list):
+    def results(self):
+        return [
+            (u.command.id.value, u.command.exit_code, u.command.response)
+            for u in self
+            if u.HasField("command") and u.command.HasField("exit_code")
+        ]
+
+    def acks(self):
+        return [
+            u.command.id.value
+            for u in self
+            if u.HasField("command") and not u.command.HasField("exit_code")
+        ]
+
+
+@pytest.fixture
+async def dispatch(manager, store):
+    sent = Sent()
+    manager._report = lambda node: sent.append(node_update(node))
+
+    async def host_info():
+        return host_pb2.HostInfo(name="test-host")
+
+    async with Dispatcher(
+        nodes=manager, db=StoreRunner(store), emit=sent.append, host_info=host_info
+    ) as dispatcher:
+        yield dispatcher, sent
+
+
+async def settle(dispatcher):
+    with anyio.fail_after(5):
+        await dispatcher.wait_idle()
+
+
+async def test_each_command_is_acked_then_answered(dispatch, new_id):
+    dispatcher, sent = dispatch
+    command = create_command(new_id)
+    dispatcher.submit(command)
+    await settle(dispatcher)
+    command_id = command.node.meta.api_command_id.value
+    kinds = [u.WhichOneof("info") for u in sent]
+    assert kinds[0] == "command" and sent.acks() == [command_id]
+    assert kinds[1:4] == ["node", "node", "node"]
+    assert sent.results() == [(command_id, 0, sent.results()[0][2])]
+
+
+async def test_a_command_without_a_variant_gets_invalid_command(dispatch):
+    dispatcher, sent = dispatch
+    dispatcher.submit(command_flow_pb2.Command())
+    await settle(dispatcher)
+    assert sent.results() == [
+        (
+            "",
+            ExitCode.INVALID_COMMAND,
+            "the Command carries neither a node nor a host command",
+        )
+    ]
+
+
+async def test_a_node_command_without_a_command_is_refused(dispatch, new_id):
+    dispatcher, sent = dispatch
+    dispatcher.submit(node_command(new_id, command_id="c-1"))
+    await settle(dispatcher)
+    [(command_id, code, response)] = sent.results()
+    assert (command_id, code) == ("c-1", ExitCode.INVALID_COMMAND)
+    assert "carries no command" in response
+
+
+async def test_a_command_without_an_id_is_refused(dispatch, new_id):
+    dispatcher, sent = dispatch
+    command = create_command(new_id)
+    command.node.meta.ClearField("api_command_id")
+    dispatcher.submit(command)
+    await settle(dispatcher)
+    [(command_id, code, response)] = sent.results()
+    assert (command_id, code) == ("", ExitCode.INVALID_COMMAND)
+    assert "no meta.api_command_id" in response
+
+
+async def test_a_repeated_command_id_is_answered_from_the_store(
+    dispatch, memory, new_id
+):
+    dispatcher, sent = dispatch
+    command = create_command(new_id)
+    dispatcher.submit(command)
+    dispatcher.submit(command)
+    await settle(dispatcher)
+    dispatcher.submit(command)
+    await settle(dispatcher)
+    assert memory.calls["create"] == 1
+    results = sent.results()
+    assert len(results) == 3 and len(set(results)) == 1
+
+
+async def test_commands_for_one_node_run_in_order(dispatch, memory, new_id):
+    dispatcher, sent = dispatch
+    memory.delay["start"] = 0.05
+    commands = [
+        create_command(new_id),
+        node_command(new_id, start=node_pb2.NodeStart()),
+        node_command(new_id, stop=node_pb2.NodeStop()),
+        node_command(new_id, delete=node_pb2.NodeDelete()),
+    ]
+    for command in commands:
+        dispatcher.submit(command)
+    await settle(dispatcher)
+    ids = [c.node.meta.api_command_id.value for c in commands]
+    assert [r[0] for r in sent.results()] == ids
+    assert all(r[1] == 0 for r in sent.results())
+
+
+async def test_commands_for_different_nodes_run_concurrently(dispatch, memory):
+    dispatcher, sent = dispatch
+    memory.delay["create"] = 0.3
+    nodes = [str(uuid.uuid4()) for _ in range(5)]
+    started = anyio.current_time()
+    for index, node_id in enumerate(nodes):
+        dispatcher.submit(create_command(node_id, name=f"n{index}"))
+    await settle(dispatcher)
+    assert anyio.current_time() - started < 0.3 * len(nodes) / 2
+    assert len(sent.results()) == 5
+
+
+async def test_errors_become_results_and_the_dispatcher_carries_on(dispatch, new_id):
+    dispatcher, sent = dispatch
+    dispatcher.submit(node_command(new_id, start=node_pb2.NodeStart()))
+    dispatcher.submit(create_command(new_id, name="bad/name"))
+    dispatcher.submit(create_command(new_id, url="nochain/1"))
+    dispatcher.submit(create_command(new_id))
+    await settle(dispatcher)
+    codes = [r[1] for r in sent.results()]
+    assert codes == [
+        ExitCode.NODE_NOT_FOUND,
+        ExitCode.INVALID_ARGUMENT,
+        ExitCode.INVALID_ARGUMENT,
+        ExitCode.OK,
+    ]
+
+
+async def test_generic_node_commands_are_not_supported_yet(dispatch, new_id):
+    dispatcher, sent = dispatch
+    dispatcher.submit(create_command(new_id))
+    dispatcher.submit(node_command(new_id, generic=node_pb2.NodeGenericCommand()))
+    await settle(dispatcher)
+    assert sent.results()[-1][1] == ExitCode.NOT_SUPPORTED
+
+
+@pytest.mark.parametrize(
+    "which", ["update_bvs", "restart_bvs", "remove_bvs", "generic"]
+)
+async def test_host_commands_the_agent_cannot_do_say_so(dispatch, which):
+    dispatcher, sent = dispatch
+    variant = {
+        "update_bvs": host_pb2.HostUpdateBVS(version="2"),
+        "restart_bvs": host_pb2.HostRestartBVS(),
+        "remove_bvs": host_pb2.HostRemoveBVS(),
+        "generic": host_pb2.HostGenericCommand(),
+    }[which]
+    meta = common_pb2.CommandMeta(api_command_id=common_pb2.Uuid(value="h-1"))
+    host = host_pb2.HostCommand(meta=meta, **{which: variant})
+    dispatcher.submit(command_flow_pb2.Command(host=host))
+    await settle(dispatcher)
+    [(command_id, code, response)] = sent.results()
+    assert (command_id, code) == ("h-1", ExitCode.NOT_SUPPORTED)
+    assert "is not supported by this agent" in response
+
+
+async def test_host_info_get_sends_host_info(dispatch):
+    dispatcher, sent = dispatch
+    meta = common_pb2.CommandMeta(api_command_id=common_pb2.Uuid(value="h-2"))
+    host = host_pb2.HostCommand(meta=meta, info_get=host_pb2.HostInfoGet())
+    dispatcher.submit(command_flow_pb2.Command(host=host))
+    await settle(dispatcher)
+    assert any(u.HasField("host") and u.host.name == "test-host" for u in sent)
+    assert sent.results()[0][:2] == ("h-2", 0)
