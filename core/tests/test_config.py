@@ -1,0 +1,60 @@
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from nodevisor import ConfigError, CredentialsError
+from nodevisor._config import load_config
+from nodevisor._credentials import Credentials
+
+
+def test_file_values_and_environment_overrides(tmp_path, monkeypatch):
+    file = tmp_path / "config.toml"
+    file.write_text(
+        'api_url = "10.0.0.1:1"\nruntime = "memory"\n'
+        '[runtimes.memory]\nfail = ["start"]\n'
+    )
+    monkeypatch.setenv("NODEVISOR_API_URL", "127.0.0.1:9")
+    monkeypatch.setenv("NODEVISOR_DATA_DIR", str(tmp_path / "data"))
+    config = load_config(file)
+    assert config.api_url == "127.0.0.1:9"
+    assert config.runtime == "memory"
+    assert config.data_dir == tmp_path / "data"
+    assert config.runtimes == {"memory": {"fail": ["start"]}}
+
+
+def test_an_unknown_key_is_named(tmp_path):
+    file = tmp_path / "config.toml"
+    file.write_text('api_ulr = "x"\n')
+    with pytest.raises(ConfigError, match="api_ulr"):
+        load_config(file)
+
+
+def test_a_named_file_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_broken_toml_is_reported_with_the_path(tmp_path):
+    file = tmp_path / "config.toml"
+    file.write_text("api_url = \n")
+    with pytest.raises(ConfigError, match=str(file)):
+        load_config(file)
+
+
+def test_credentials_are_private_and_round_trip(tmp_path: Path):
+    path = Credentials("h-1", "secret", "127.0.0.1:1").save(tmp_path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Credentials.load(tmp_path).token == "secret"
+
+
+def test_missing_credentials_say_to_provision(tmp_path):
+    with pytest.raises(CredentialsError, match="run 'nodevisor agent provision"):
+        Credentials.load(tmp_path)
+
+
+def test_corrupt_credentials_are_named(tmp_path):
+    (tmp_path / "credentials.json").write_text("{")
+    with pytest.raises(CredentialsError, match="unreadable"):
+        Credentials.load(tmp_path)
