@@ -66,6 +66,8 @@ class Agent:
         self.catalogue = Catalogue.load(config.catalogue_dirs)
         self.outbox = Outbox()
         self.stream: CommandStream | None = None
+        #: Set once the stream exists; then ``stream.connected`` tells more.
+        self.started = anyio.Event()
 
     async def run(self) -> None:
         async with AsyncExitStack() as stack:
@@ -95,6 +97,7 @@ class Agent:
                 on_command=dispatcher.submit,
                 greeting=lambda: self._greeting(nodes),
             )
+            self.started.set()
             log.info(
                 "agent for host %s starting, runtime %r",
                 self.credentials.host_id,

@@ -1,0 +1,181 @@
+"""The agent against a real control plane over gRPC, on the memory runtime."""
+
+import contextlib
+import os
+import stat
+import uuid
+
+import anyio
+import pytest
+
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
+from nodevisor import CredentialsError
+from nodevisor._agent import Agent
+from nodevisor._config import AgentConfig
+from nodevisor._credentials import Credentials
+from nodevisor._provision import provision
+from nodevisor._store import Store
+from nodevisor.controlplane.testing import running_control_plane
+
+pytestmark = pytest.mark.anyio
+
+Status = node_pb2.NodeInfo.ContainerStatus
+
+
+def node_command(node_id, **variant):
+    return command_flow_pb2.Command(
+        node=node_pb2.NodeCommand(id=common_pb2.Uuid(value=node_id), **variant)
+    )
+
+
+def create(node_id, name="alpha", url="testchain/1"):
+    image = common_pb2.ContainerImage(url=url)
+    return node_command(node_id, create=node_pb2.NodeCreate(name=name, image=image))
+
+
+async def updates(cp, host_id, command, seconds=10):
+    """What the agent reported about ``command``, as short tuples."""
+    seen = []
+    async for response in cp.admin.send_command(host_id, command, seconds):
+        kind = response.WhichOneof("update")
+        if kind == "command_info":
+            info = response.command_info
+            if info.HasField("exit_code"):
+                seen.append(("result", info.exit_code))
+            else:
+                seen.append(("ack",))
+        elif kind == "node_info":
+            seen.append(("node", Status.Name(response.node_info.container_status)))
+    return seen
+
+
+@pytest.fixture
+async def control_plane(tmp_path):
+    async with running_control_plane(tmp_path / "cp") as cp:
+        yield cp
+
+
+@pytest.fixture
+def config(tmp_path, catalogue_dir):
+    return AgentConfig(
+        data_dir=tmp_path / "agent", runtime="memory", catalogue=[catalogue_dir]
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_agent(config):
+    agent = Agent(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(agent.run)
+        with anyio.fail_after(10):
+            await agent.started.wait()
+            await agent.stream.connected.wait()
+        yield agent
+        tasks.cancel_scope.cancel()
+
+
+async def test_provision_saves_private_credentials(control_plane, config):
+    otp = await control_plane.admin.create_otp()
+    credentials = await provision(config, otp, control_plane.address)
+    path = config.data_dir / "credentials.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Credentials.load(config.data_dir) == credentials
+    [host] = await control_plane.admin.list_hosts()
+    assert host.id == credentials.host_id
+    assert host.info.cpu_count == os.cpu_count()
+    assert host.info.mem_size > 0 and host.info.disk_size > 0
+    assert host.info.ip == "127.0.0.1"
+
+
+async def test_a_reused_otp_is_refused_and_nothing_is_saved(control_plane, config):
+    otp = await control_plane.admin.create_otp()
+    await provision(config, otp, control_plane.address)
+    other = config.model_copy(update={"data_dir": config.data_dir.parent / "other"})
+    with pytest.raises(CredentialsError, match="already used"):
+        await provision(other, otp, control_plane.address)
+    assert not (other.data_dir / "credentials.json").exists()
+
+
+async def test_commands_flow_through_the_stream(control_plane, config):
+    otp = await control_plane.admin.create_otp()
+    credentials = await provision(config, otp, control_plane.address)
+    node_id = str(uuid.uuid4())
+    async with running_agent(config):
+        seen = await updates(control_plane, credentials.host_id, create(node_id))
+        assert seen == [
+            ("ack",),
+            ("node", "Installing"),
+            ("node", "Creating"),
+            ("node", "Stopped"),
+            ("result", 0),
+        ]
+        start = node_command(node_id, start=node_pb2.NodeStart())
+        assert await updates(control_plane, credentials.host_id, start) == [
+            ("ack",),
+            ("node", "Starting"),
+            ("node", "Running"),
+            ("result", 0),
+        ]
+
+
+async def test_a_reconnected_agent_reports_every_node(control_plane, config):
+    otp = await control_plane.admin.create_otp()
+    credentials = await provision(config, otp, control_plane.address)
+    node_ids = [str(uuid.uuid4()) for _ in range(3)]
+    async with running_agent(config):
+        for index, node_id in enumerate(node_ids):
+            await updates(
+                control_plane, credentials.host_id, create(node_id, f"n{index}")
+            )
+    # Change the records while the agent is away: only the greeting on the
+    # next connect can tell the control plane.
+    store = Store(config.data_dir / "state.db")
+    for node in store.nodes():
+        store.save_node(node.replace(name=f"renamed-{node.name}"))
+    store.close()
+    async with running_agent(config):
+        with anyio.fail_after(5):
+            while True:
+                nodes = await control_plane.admin.list_nodes(credentials.host_id)
+                if all(n.info.name.startswith("renamed-") for n in nodes):
+                    break
+                await anyio.sleep(0.05)
+    assert sorted(n.info.id.value for n in nodes) == sorted(node_ids)
+    assert {n.info.container_status for n in nodes} == {Status.Stopped}
+
+
+async def test_bad_input_leaves_the_stream_up(control_plane, config):
+    otp = await control_plane.admin.create_otp()
+    credentials = await provision(config, otp, control_plane.address)
+    host = credentials.host_id
+    node_id = str(uuid.uuid4())
+    async with running_agent(config):
+        assert await updates(control_plane, host, create(node_id, url="nope/1")) == [
+            ("ack",),
+            ("result", 8),
+        ]
+        assert await updates(control_plane, host, create(node_id, name="a/b")) == [
+            ("ack",),
+            ("result", 8),
+        ]
+        unknown = node_command(str(uuid.uuid4()), stop=node_pb2.NodeStop())
+        assert await updates(control_plane, host, unknown) == [("ack",), ("result", 3)]
+        assert (await updates(control_plane, host, create(node_id)))[-1] == (
+            "result",
+            0,
+        )
+    assert [n.info.id.value for n in await control_plane.admin.list_nodes(host)] == [
+        node_id
+    ]
+
+
+async def test_a_wrong_token_keeps_the_agent_retrying(control_plane, config, caplog):
+    otp = await control_plane.admin.create_otp()
+    await provision(config, otp, control_plane.address)
+    credentials = Credentials.load(config.data_dir)
+    Credentials(credentials.host_id, "wrong", credentials.api_url).save(config.data_dir)
+    agent = Agent(config)
+    with anyio.move_on_after(1.5):
+        await agent.run()
+    assert "UNAUTHENTICATED" in caplog.text
+    assert not agent.stream.connected.is_set()
