@@ -8,6 +8,7 @@ import click
 
 from . import __version__
 from ._cli_agent import agent
+from .controlplane._cli import control_plane
 
 
 @click.group()
@@ -22,3 +23,4 @@ def main(verbose: int) -> None:
 
 
 main.add_command(agent)
+main.add_command(control_plane)

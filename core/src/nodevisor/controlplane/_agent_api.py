@@ -1,0 +1,160 @@
+"""The services agents call: ``blockjoy.api.v1.Hosts`` and ``CommandFlow``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import grpc
+
+from blockjoy.api.v1 import (
+    command_flow_pb2,
+    command_flow_pb2_grpc,
+    common_pb2,
+    host_pb2,
+    host_pb2_grpc,
+)
+
+from ._db import Database
+from ._errors import InvalidRequest, abort_on_error
+from ._hub import Event, Hub, Session
+from ._tokens import bearer_token
+
+__all__ = ["CommandFlowServicer", "HostsServicer", "authenticate_host"]
+
+log = logging.getLogger(__name__)
+
+
+async def authenticate_host(db: Database, context: grpc.aio.ServicerContext) -> str:
+    """The id of the host whose bearer token the call carries."""
+    token = bearer_token(context.invocation_metadata())
+    return await db.call(db.host_for_token, token)
+
+
+async def record(
+    db: Database, hub: Hub, host_id: str, update: command_flow_pb2.InfoUpdate
+) -> str | None:
+    """Store and publish one update; why it was not applied, if it was not."""
+    recorded = await db.call(db.record_update, host_id, update)
+    if recorded.error:
+        log.warning("host %s sent an update that was not applied: %s",
+                    host_id, recorded.error)
+    hub.publish(Event(host_id, time.time(), update, recorded.command_id))
+    return recorded.error
+
+
+class HostsServicer(host_pb2_grpc.HostsServicer):
+    """Provisioning, and host info outside the command stream."""
+
+    def __init__(self, db: Database, hub: Hub) -> None:
+        self._db, self._hub = db, hub
+
+    async def Provision(
+        self,
+        request: host_pb2.ProvisionHostRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> host_pb2.ProvisionHostResponse:
+        async with abort_on_error(context):
+            host_id, token = await self._db.call(
+                self._db.provision, request.otp, request.info
+            )
+        response = host_pb2.ProvisionHostResponse(
+            host_id=common_pb2.Uuid(value=host_id), token=token
+        )
+        if request.HasField("request_id"):
+            response.origin_request_id.CopyFrom(request.request_id)
+        return response
+
+    async def InfoUpdate(
+        self,
+        request: host_pb2.HostInfoUpdateRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> host_pb2.HostInfoUpdateResponse:
+        async with abort_on_error(context):
+            host_id = await authenticate_host(self._db, context)
+            update = command_flow_pb2.InfoUpdate(host=request.info)
+            error = await record(self._db, self._hub, host_id, update)
+            if error:
+                raise InvalidRequest(error)
+        response = host_pb2.HostInfoUpdateResponse()
+        if request.HasField("request_id"):
+            response.origin_request_id.CopyFrom(request.request_id)
+        return response
+
+
+class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
+    """The agents' long-lived command streams."""
+
+    def __init__(self, db: Database, hub: Hub) -> None:
+        self._db, self._hub = db, hub
+
+    async def Commands(
+        self,
+        request_iterator: AsyncIterator[command_flow_pb2.InfoUpdate],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        async with abort_on_error(context):
+            host_id = await authenticate_host(self._db, context)
+        session = self._hub.open(host_id)
+        try:
+            await self._db.call(self._db.set_online, host_id, True)
+            log.info("host %s connected", host_id)
+            await self._run(session, request_iterator, context)
+        finally:
+            await asyncio.shield(self._disconnect(session))
+        if session.ended.is_set():
+            context.set_code(session.end_status)
+            context.set_details(session.end_details)
+
+    async def _run(
+        self,
+        session: Session,
+        updates: AsyncIterator[command_flow_pb2.InfoUpdate],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._send, session, context)
+            tg.start_soon(self._cancel_when_ended, session, tg.cancel_scope)
+            await self._receive(session, updates)
+            tg.cancel_scope.cancel()
+
+    async def _receive(
+        self, session: Session, updates: AsyncIterator[command_flow_pb2.InfoUpdate]
+    ) -> None:
+        async for update in updates:
+            try:
+                await record(self._db, self._hub, session.host_id, update)
+            except Exception:
+                log.exception("could not record an update of host %s", session.host_id)
+
+    async def _send(self, session: Session, context: grpc.aio.ServicerContext) -> None:
+        # Every unfinished command goes out once per stream, in queue order:
+        # delivery is at least once, and the agent answers repeats again.
+        last = 0
+        while True:
+            pending = await self._db.call(
+                self._db.unfinished_commands, session.host_id, last
+            )
+            for seq, command_id, command in pending:
+                await context.write(command)
+                await self._db.call(self._db.mark_sent, command_id)
+                log.debug("sent command %s to host %s", command_id, session.host_id)
+                last = seq
+            await session.wake.wait()
+            session.wake.clear()
+
+    @staticmethod
+    async def _cancel_when_ended(session: Session, scope: anyio.CancelScope) -> None:
+        await session.ended.wait()
+        scope.cancel()
+
+    async def _disconnect(self, session: Session) -> None:
+        try:
+            if self._hub.close(session):
+                await self._db.call(self._db.set_online, session.host_id, False)
+            log.info("host %s disconnected", session.host_id)
+        finally:
+            self._hub.finished(session)

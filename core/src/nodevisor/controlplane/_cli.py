@@ -1,0 +1,291 @@
+"""``nodevisor control-plane``: run the reference control plane and drive it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
+
+from ..admin.v1 import admin_pb2
+from ._client import AdminClient
+from ._commands import NODE_ACTIONS, describe_update, node_command
+from ._errors import CommandTimeout, ControlPlaneError
+from ._server import serve as serve_forever
+
+__all__ = ["control_plane"]
+
+T = TypeVar("T")
+
+# The exit status of `send` when no result came within --timeout (as timeout(1)).
+TIMED_OUT = 124
+
+STATUS = node_pb2.NodeInfo.ContainerStatus
+
+data_dir_option = click.option(
+    "--data-dir",
+    envvar="NODEVISOR_CP_DATA_DIR",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The control plane's data dir (env NODEVISOR_CP_DATA_DIR).",
+)
+api_option = click.option(
+    "--api",
+    envvar="NODEVISOR_CP_URL",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port of the control plane (env NODEVISOR_CP_URL).",
+)
+
+
+def _run(main: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``main`` on asyncio; a control plane error ends the CLI with 1."""
+    try:
+        return anyio.run(main, *args, backend="asyncio")
+    except ControlPlaneError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _admin_call(
+    api: str, data_dir: Path, call: Callable[[AdminClient], Awaitable[T]]
+) -> T:
+    async def main() -> T:
+        async with AdminClient.for_data_dir(api, data_dir) as admin:
+            return await call(admin)
+
+    return _run(main)
+
+
+def _when(stamp: Timestamp) -> str:
+    if not stamp.seconds and not stamp.nanos:
+        return "-"
+    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group("control-plane")
+def control_plane() -> None:
+    """Run the reference control plane, and operate it."""
+
+
+@control_plane.command()
+@click.option("--listen", default="127.0.0.1:50051", show_default=True,
+              help="host:port to serve on.")
+@data_dir_option
+def serve(listen: str, data_dir: Path) -> None:
+    """Serve agents and operators until SIGINT or SIGTERM."""
+    logger = logging.getLogger(__package__)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run(serve_forever, data_dir, listen)
+
+
+@control_plane.group()
+def otp() -> None:
+    """One-time passwords that provision hosts."""
+
+
+@otp.command("create")
+@click.option("--ttl", default=3600.0, show_default=True,
+              help="Seconds the password stays valid.")
+@api_option
+@data_dir_option
+def otp_create(ttl: float, api: str, data_dir: Path) -> None:
+    """Print a new one-time password, alone on stdout."""
+    click.echo(_admin_call(api, data_dir, lambda admin: admin.create_otp(ttl)))
+
+
+@control_plane.command()
+@api_option
+@data_dir_option
+def hosts(api: str, data_dir: Path) -> None:
+    """List the provisioned hosts."""
+    found = _admin_call(api, data_dir, lambda admin: admin.list_hosts())
+    table = Table("id", "name", "status", "ip", "version", "last seen")
+    for host in found:
+        table.add_row(
+            host.id, host.info.name, "online" if host.online else "offline",
+            host.info.ip, host.info.version, _when(host.last_seen),
+        )
+    Console().print(table)
+
+
+@control_plane.command()
+@click.option("--host", "host_id", default="", help="Only the nodes of this host.")
+@api_option
+@data_dir_option
+def nodes(host_id: str, api: str, data_dir: Path) -> None:
+    """List the nodes, with their last known state."""
+    found = _admin_call(api, data_dir, lambda admin: admin.list_nodes(host_id))
+    table = Table("host", "id", "name", "status", "image", "failure", "updated")
+    for node in found:
+        info = node.info
+        table.add_row(
+            node.host_id, info.id.value, info.name,
+            STATUS.Name(info.container_status), info.image, info.failure_reason,
+            _when(node.updated_at),
+        )
+    Console().print(table)
+
+
+@control_plane.command()
+@click.option("--host", "host_id", default="", help="Only the commands of this host.")
+@api_option
+@data_dir_option
+def commands(host_id: str, api: str, data_dir: Path) -> None:
+    """List the history of commands."""
+    found = _admin_call(api, data_dir, lambda admin: admin.list_commands(host_id))
+    table = Table("id", "host", "node", "command", "state", "exit", "response",
+                  "created")
+    for record in found:
+        table.add_row(
+            record.id, record.host_id, record.node_id, _describe(record.command),
+            admin_pb2.CommandState.Name(record.state).removeprefix("COMMAND_STATE_"),
+            str(record.exit_code) if record.HasField("exit_code") else "",
+            record.response, _when(record.created_at),
+        )
+    Console().print(table)
+
+
+def _describe(command: command_flow_pb2.Command) -> str:
+    variant = command.WhichOneof("type")
+    if variant is None:
+        return "(none)"
+    inner = getattr(command, variant)
+    return f"{variant} {inner.WhichOneof('command') or '(none)'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """Where ``send`` sends its command, and how long it waits."""
+
+    api: str
+    data_dir: Path
+    host_id: str
+    seconds: float | None
+    no_wait: bool
+
+
+pass_target = click.make_pass_decorator(_Target)
+node_option = click.option("--node", "node_id", type=click.UUID, required=True,
+                           help="The node's id.")
+
+
+@control_plane.group()
+@click.option("--host", "host_id", type=click.UUID, required=True,
+              help="The host to send the command to.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds to wait for the result; no limit by default.")
+@click.option("--no-wait", is_flag=True, help="Only queue the command.")
+@api_option
+@data_dir_option
+@click.pass_context
+def send(
+    ctx: click.Context, host_id: uuid.UUID, timeout: float | None, no_wait: bool,
+    api: str, data_dir: Path,
+) -> None:
+    """Send a command to a host and print every update about it.
+
+    Exits with 0 when the command's result has exit code 0, with the result's
+    exit code otherwise, and with 124 when no result came within --timeout.
+    """
+    ctx.obj = _Target(api, data_dir, str(host_id), timeout, no_wait)
+
+
+def _send_and_exit(target: _Target, command: command_flow_pb2.Command) -> None:
+    try:
+        code = _run(_send, target, command)
+    except click.ClickException as exc:
+        if not isinstance(exc.__cause__, CommandTimeout):
+            raise
+        click.echo(f"Error: {exc.message}", err=True)
+        code = TIMED_OUT
+    sys.exit(min(code, 125) if code >= 0 else 1)
+
+
+async def _send(target: _Target, command: command_flow_pb2.Command) -> int:
+    async with AdminClient.for_data_dir(target.api, target.data_dir) as admin:
+        if target.no_wait:
+            record = await admin.queue_command(target.host_id, command)
+            click.echo(f"queued {record.id}")
+            return 0
+        updates = admin.send_command(target.host_id, command, target.seconds)
+        async for response in updates:
+            click.echo(describe_update(response))
+            if response.command_info.HasField("exit_code"):
+                return response.command_info.exit_code
+    raise ControlPlaneError(
+        f"control plane at {target.api} ended the stream before a result"
+    )
+
+
+@send.command()
+@click.option("--name", required=True, help="The new node's name.")
+@click.option("--image", required=True, help="protocol/version from the catalogue.")
+@click.option("--blockchain", default="", help="The protocol, if it must be checked.")
+@click.option("--node-id", type=click.UUID, default=None,
+              help="The new node's id; a new one when absent.")
+@pass_target
+def create(
+    target: _Target, name: str, image: str, blockchain: str,
+    node_id: uuid.UUID | None,
+) -> None:
+    """Create a node."""
+    node_id = node_id or uuid.uuid4()
+    click.echo(f"node-id {node_id}")
+    create = node_pb2.NodeCreate(
+        name=name, blockchain=blockchain, image=common_pb2.ContainerImage(url=image)
+    )
+    _send_and_exit(target, node_command(str(node_id), create=create))
+
+
+def _add_node_action(name: str, field: str, message: type[Message]) -> None:
+    @send.command(name, help=f"Send a `{field}` command to a node.")
+    @node_option
+    @pass_target
+    def action(target: _Target, node_id: uuid.UUID) -> None:
+        _send_and_exit(target, node_command(str(node_id), **{field: message()}))
+
+
+for _name, (_field, _message) in NODE_ACTIONS.items():
+    _add_node_action(_name, _field, _message)
+
+
+@send.command()
+@node_option
+@click.option("--image", required=True, help="protocol/version from the catalogue.")
+@pass_target
+def upgrade(target: _Target, node_id: uuid.UUID, image: str) -> None:
+    """Upgrade a node to another image."""
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url=image))
+    _send_and_exit(target, node_command(str(node_id), upgrade=upgrade))
+
+
+@send.command()
+@node_option
+@click.option("--name", required=True, help="The node's new name.")
+@pass_target
+def rename(target: _Target, node_id: uuid.UUID, name: str) -> None:
+    """Rename a node."""
+    update = node_pb2.NodeInfoUpdate(name=name)
+    _send_and_exit(target, node_command(str(node_id), update=update))
+
+
+@send.command()
+@pass_target
+def raw(target: _Target) -> None:
+    """Send a Command that carries no command at all (to test agents)."""
+    _send_and_exit(target, command_flow_pb2.Command())

@@ -1,0 +1,126 @@
+"""An asyncio client of the admin service, for the CLI and for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+
+from blockjoy.api.v1 import command_flow_pb2
+
+from ..admin.v1 import admin_pb2, admin_pb2_grpc
+from ._errors import ControlPlaneError, from_rpc_error
+from ._tokens import read_admin_token
+
+__all__ = ["AdminClient"]
+
+
+class AdminClient:
+    """Calls ``AdminService`` at ``address`` with the admin ``token``.
+
+    Failed calls raise the ``ControlPlaneError`` that matches their status.
+    """
+
+    def __init__(self, address: str, token: str) -> None:
+        self.address = address
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    @classmethod
+    def for_data_dir(cls, address: str, data_dir: Path) -> AdminClient:
+        """A client with the admin token of the control plane of ``data_dir``."""
+        return cls(address, read_admin_token(data_dir))
+
+    def __repr__(self) -> str:
+        return f"<AdminClient {self.address}>"
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, self.address) from exc
+
+    async def create_otp(self, ttl: float = 3600.0) -> str:
+        request = admin_pb2.CreateOtpRequest()
+        request.ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
+        with self._translated():
+            response = await self._stub.CreateOtp(request, metadata=self._metadata)
+        return response.otp
+
+    async def list_hosts(self) -> list[admin_pb2.Host]:
+        with self._translated():
+            response = await self._stub.ListHosts(
+                admin_pb2.ListHostsRequest(), metadata=self._metadata
+            )
+        return list(response.hosts)
+
+    async def list_nodes(self, host_id: str = "") -> list[admin_pb2.Node]:
+        with self._translated():
+            response = await self._stub.ListNodes(
+                admin_pb2.ListNodesRequest(host_id=host_id), metadata=self._metadata
+            )
+        return list(response.nodes)
+
+    async def list_commands(self, host_id: str = "") -> list[admin_pb2.CommandRecord]:
+        with self._translated():
+            response = await self._stub.ListCommands(
+                admin_pb2.ListCommandsRequest(host_id=host_id), metadata=self._metadata
+            )
+        return list(response.commands)
+
+    async def send_command(
+        self,
+        host_id: str,
+        command: command_flow_pb2.Command,
+        result_within: float | None = None,
+    ) -> AsyncIterator[admin_pb2.SendCommandResponse]:
+        """Queue ``command``; yield the queued record, then each update about it.
+
+        Without a result within ``result_within`` seconds the iteration raises
+        ``CommandTimeout``.
+        """
+        request = admin_pb2.SendCommandRequest(host_id=host_id, command=command)
+        if result_within is not None:
+            delta = datetime.timedelta(seconds=result_within)
+            request.timeout.FromTimedelta(delta)
+        call = self._stub.SendCommand(request, metadata=self._metadata)
+        try:
+            with self._translated():
+                async for response in call:
+                    yield response
+        finally:
+            call.cancel()
+
+    async def queue_command(
+        self, host_id: str, command: command_flow_pb2.Command
+    ) -> admin_pb2.CommandRecord:
+        """Queue ``command`` without waiting for the agent."""
+        updates = self.send_command(host_id, command)
+        try:
+            async for response in updates:
+                return response.queued
+        finally:
+            await updates.aclose()  # type: ignore[attr-defined]
+        raise ControlPlaneError(
+            f"control plane at {self.address} ended SendCommand before queueing"
+        )

@@ -1,0 +1,116 @@
+"""In-memory fan-out between agents' streams and operators' calls.
+
+A ``Session`` is one open ``Commands`` stream; the hub wakes it when a command
+is queued for its host and ends it when a newer stream replaces it. Watchers
+receive every update an agent sends, as an ``Event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator
+
+import anyio
+import grpc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from blockjoy.api.v1 import command_flow_pb2
+
+__all__ = ["Event", "Hub", "Session"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One update from a host; ``command_id`` is the command it answers."""
+
+    host_id: str
+    received_at: float
+    update: command_flow_pb2.InfoUpdate
+    command_id: str | None = None
+
+
+class Session:
+    """One open ``Commands`` stream of a host."""
+
+    def __init__(self, host_id: str) -> None:
+        self.host_id = host_id
+        self.wake = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.done = asyncio.Event()
+        self.end_status = grpc.StatusCode.OK
+        self.end_details = ""
+
+    def __repr__(self) -> str:
+        state = "ended" if self.ended.is_set() else "open"
+        return f"<Session host={self.host_id} {state}>"
+
+    def end(self, status: grpc.StatusCode, details: str) -> None:
+        """Ask the stream to close with ``status``."""
+        self.end_status, self.end_details = status, details
+        self.ended.set()
+
+
+class Hub:
+    """The open sessions, by host, and the watchers of updates."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._live: set[Session] = set()
+        self._watchers: dict[str, set[MemoryObjectSendStream[Event]]] = {}
+
+    def open(self, host_id: str) -> Session:
+        """A new session for ``host_id``; it replaces the host's open one."""
+        old = self._sessions.get(host_id)
+        if old is not None:
+            log.info("a new stream of host %s replaces the open one", host_id)
+            old.end(grpc.StatusCode.ABORTED, "replaced by a newer stream of this host")
+        session = self._sessions[host_id] = Session(host_id)
+        self._live.add(session)
+        return session
+
+    def close(self, session: Session) -> bool:
+        """Forget ``session``; whether it was its host's current one."""
+        if self._sessions.get(session.host_id) is not session:
+            return False
+        del self._sessions[session.host_id]
+        return True
+
+    def finished(self, session: Session) -> None:
+        """``session``'s stream has cleaned up after itself."""
+        self._live.discard(session)
+        session.done.set()
+
+    async def end_all(self, status: grpc.StatusCode, details: str) -> None:
+        """End every session, and wait until their streams cleaned up."""
+        for session in list(self._live):
+            session.end(status, details)
+        for session in list(self._live):
+            await session.done.wait()
+
+    def wake(self, host_id: str) -> None:
+        """Tell the host's open stream, if any, that commands were queued."""
+        session = self._sessions.get(host_id)
+        if session is not None:
+            session.wake.set()
+
+    @contextlib.contextmanager
+    def watch(self, host_id: str) -> Iterator[MemoryObjectReceiveStream[Event]]:
+        """Receive every update of ``host_id`` until the block ends."""
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        self._watchers.setdefault(host_id, set()).add(send)
+        try:
+            yield receive
+        finally:
+            self._watchers[host_id].discard(send)
+            send.close()
+            receive.close()
+
+    def publish(self, event: Event) -> None:
+        for watcher in self._watchers.get(event.host_id, ()):
+            watcher.send_nowait(event)

@@ -1,0 +1,90 @@
+"""The operator CLI, run as a subprocess against an in-process control plane."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from blockjoy.api.v1 import common_pb2, host_pb2, node_pb2
+from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
+
+pytestmark = pytest.mark.anyio
+
+OpenAgent = Callable[[str | None], Awaitable[FakeAgent]]
+NODEVISOR = str(Path(sys.executable).with_name("nodevisor"))
+
+
+def cli_env(cp: RunningControlPlane) -> dict[str, str]:
+    return dict(
+        os.environ, NODEVISOR_CP_URL=cp.address,
+        NODEVISOR_CP_DATA_DIR=str(cp.data_dir), COLUMNS="200",
+    )
+
+
+async def run_cli(cp: RunningControlPlane, *args: str) -> tuple[int, str, str]:
+    result = await anyio.run_process(
+        [NODEVISOR, "control-plane", *args], env=cli_env(cp), check=False
+    )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def test_otp_create_prints_a_usable_otp_alone(cp: RunningControlPlane) -> None:
+    code, out, _ = await run_cli(cp, "otp", "create", "--ttl", "60")
+
+    assert code == 0
+    otp = out.removesuffix("\n")
+    assert otp and "\n" not in otp
+    await cp.provision(otp=otp)
+
+
+async def test_hosts_lists_the_host_and_its_status(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision(name="cli-host")
+    agent = await open_agent(token)
+    await agent.send(host=host_pb2.HostInfo(name="cli-host", ip="10.0.0.7"))
+    await cp.wait_online(host_id)
+
+    code, out, _ = await run_cli(cp, "hosts")
+
+    assert code == 0
+    [row] = [line for line in out.splitlines() if host_id in line]
+    assert "cli-host" in row and "online" in row
+
+
+async def test_send_prints_every_update_and_exits_with_the_result(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    agent = await open_agent(token)
+    node_id = str(uuid.uuid4())
+    args = ["send", "--host", host_id, "--timeout", "20", "stop", "--node", node_id]
+
+    async with await anyio.open_process(
+        [NODEVISOR, "control-plane", *args], env=cli_env(cp)
+    ) as process:
+        command = await agent.next_command(20)
+        await agent.answer(command)
+        status = node_pb2.NodeInfo.ContainerStatus.Value("Stopping")
+        info = node_pb2.NodeInfo(id=common_pb2.Uuid(value=node_id),
+                                 container_status=status)
+        await agent.send(node=info)
+        await agent.answer(command, exit_code=4, response="node is not running")
+        code = await process.wait()
+        assert process.stdout is not None
+        out = b"".join([chunk async for chunk in process.stdout])
+
+    lines = out.decode().splitlines()
+    assert command.node.WhichOneof("command") == "stop"
+    assert lines[1:] == [
+        "ack", f"node {node_id} Stopping",
+        "result exit_code=4 response=node is not running",
+    ]
+    assert code == 4
+

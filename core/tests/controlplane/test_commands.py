@@ -1,0 +1,199 @@
+"""The ``CommandFlow.Commands`` stream, driven by fake agents."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
+from nodevisor.controlplane import CommandTimeout
+from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
+
+pytestmark = pytest.mark.anyio
+
+OpenAgent = Callable[[str | None], Awaitable[FakeAgent]]
+STATUS = node_pb2.NodeInfo.ContainerStatus
+
+
+def node_command(node_id: str, **variant: object) -> command_flow_pb2.Command:
+    command = node_pb2.NodeCommand(
+        id=common_pb2.Uuid(value=node_id), **variant  # type: ignore[arg-type]
+    )
+    return command_flow_pb2.Command(node=command)
+
+
+def start(node_id: str) -> command_flow_pb2.Command:
+    return node_command(node_id, start=node_pb2.NodeStart())
+
+
+def node_info(node_id: str, **fields: object) -> node_pb2.NodeInfo:
+    node_id_field = common_pb2.Uuid(value=node_id)
+    return node_pb2.NodeInfo(id=node_id_field, **fields)  # type: ignore[arg-type]
+
+
+def command_id(command: command_flow_pb2.Command) -> str:
+    return command.node.meta.api_command_id.value
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [(None, "missing 'authorization: Bearer <token>' metadata"),
+     ("wrong", "the bearer token belongs to no host")],
+)
+async def test_stream_needs_the_host_token(
+    cp: RunningControlPlane, open_agent: OpenAgent, token: str | None, message: str
+) -> None:
+    agent = await open_agent(token)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await agent.next_command()
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (caught.value.details() or "").startswith(message)
+
+
+async def test_queued_command_is_delivered_on_open(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    queued = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+
+    agent = await open_agent(token)
+    command = await agent.next_command()
+
+    assert command_id(command) == queued.id
+    assert command.node.meta.HasField("created_at")
+    [record] = await cp.admin.list_commands(host_id)
+    assert record.state == 2  # COMMAND_STATE_SENT
+
+
+async def test_command_queued_while_connected_is_delivered_live(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    agent = await open_agent(token)
+    await agent.send(host=host_pb2.HostInfo(name="live"))
+    await cp.wait_online(host_id)
+
+    queued = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+
+    assert command_id(await agent.next_command()) == queued.id
+
+
+async def test_unfinished_commands_are_sent_again_after_reconnect(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    first = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+    second = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+    agent = await open_agent(token)
+    await agent.answer(await agent.next_command(), exit_code=0)
+    await agent.answer(await agent.next_command())  # an ack, no result
+    await agent.send(host=host_pb2.HostInfo())  # sync: updates are in order
+    await agent.aclose()
+
+    again = await open_agent(token)
+
+    assert command_id(await again.next_command()) == second.id
+    states = {r.id: r.state for r in await cp.admin.list_commands(host_id)}
+    assert states == {first.id: 4, second.id: 3}  # FINISHED, ACKED
+
+
+async def test_updates_are_recorded_and_node_state_merged(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    node_id = str(uuid.uuid4())
+    agent = await open_agent(token)
+
+    await agent.send(node=node_info(node_id, name="n1", image="btc/1",
+                                    container_status=STATUS.Value("Creating")))
+    await agent.send()  # malformed: carries nothing
+    await agent.send(node=node_info(node_id, container_status=STATUS.Value("Running")))
+    queued = await cp.admin.queue_command(host_id, start(node_id))
+    assert command_id(await agent.next_command()) == queued.id
+    await agent.aclose()
+
+    [node] = await cp.admin.list_nodes(host_id)
+    assert (node.info.name, node.info.image) == ("n1", "btc/1")
+    assert node.info.container_status == STATUS.Value("Running")
+    with sqlite3.connect(cp.data_dir / "controlplane.sqlite3") as db:
+        rows = db.execute("SELECT kind, error FROM updates ORDER BY seq").fetchall()
+    assert rows == [
+        ("node", None),
+        (None, "the update carries no host, node or command info"),
+        ("node", None),
+    ]
+
+
+async def test_send_command_streams_ack_node_info_and_result(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    node_id = str(uuid.uuid4())
+    agent = await open_agent(token)
+    updates = cp.admin.send_command(host_id, start(node_id), 10)
+
+    queued = (await anext(updates)).queued
+    command = await agent.next_command()
+    await agent.answer(command)
+    await agent.send(node=node_info(str(uuid.uuid4()), name="another node"))
+    await agent.send(node=node_info(node_id, container_status=STATUS.Value("Running")))
+    await agent.answer(command, exit_code=0, response="started")
+    seen = [u.WhichOneof("update") async for u in updates]
+
+    assert command_id(command) == queued.id
+    assert seen == ["command_info", "node_info", "command_info"]
+    [record] = await cp.admin.list_commands(host_id)
+    assert (record.state, record.exit_code, record.response) == (4, 0, "started")
+
+
+async def test_send_command_ends_at_the_callers_timeout(
+    cp: RunningControlPlane,
+) -> None:
+    host_id, _ = await cp.provision()
+
+    with pytest.raises(CommandTimeout, match="no result for command"):
+        async for _ in cp.admin.send_command(host_id, start(str(uuid.uuid4())), 0.2):
+            pass
+
+
+async def test_raw_command_is_answered_without_an_id(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    agent = await open_agent(token)
+    updates = cp.admin.send_command(host_id, command_flow_pb2.Command(), 10)
+    await anext(updates)
+
+    command = await agent.next_command()
+    await agent.answer(command, exit_code=2, response="no command")
+    [result] = [u async for u in updates]
+
+    assert command.WhichOneof("type") is None
+    assert result.command_info.exit_code == 2
+
+
+async def test_second_stream_replaces_the_first(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    first = await open_agent(token)
+    await first.send(host=host_pb2.HostInfo())
+    await cp.wait_online(host_id)
+
+    second = await open_agent(token)
+    await second.send(host=host_pb2.HostInfo())
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await first.next_command()
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    assert "replaced by a newer stream" in (caught.value.details() or "")
+    queued = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+    assert command_id(await second.next_command()) == queued.id
+    await cp.wait_online(host_id)
+    await second.aclose()
+    await cp.wait_online(host_id, online=False)
