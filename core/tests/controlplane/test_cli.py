@@ -88,3 +88,25 @@ async def test_send_prints_every_update_and_exits_with_the_result(
     ]
     assert code == 4
 
+
+
+async def test_no_wait_queues_and_tables_show_history(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    node_id = str(uuid.uuid4())
+    args = ["send", "--host", host_id, "--no-wait", "start", "--node", node_id]
+
+    code, out, _ = await run_cli(cp, *args)
+    agent = await open_agent(token)
+    await agent.send(node=node_pb2.NodeInfo(id=common_pb2.Uuid(value=node_id)))
+    await agent.answer(await agent.next_command(), exit_code=0)
+    await agent.aclose()
+
+    assert code == 0
+    command_id = out.split()[-1]
+    _, commands, _ = await run_cli(cp, "commands", "--host", host_id)
+    [row] = [line for line in commands.splitlines() if command_id in line]
+    assert "node start" in row and "FINISHED" in row
+    _, nodes, _ = await run_cli(cp, "nodes")
+    assert node_id in nodes
