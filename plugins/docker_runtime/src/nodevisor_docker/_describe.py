@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from docker.models.containers import Container
+
 from nodevisor import NodeState, RuntimeNode
 
 from . import _labels

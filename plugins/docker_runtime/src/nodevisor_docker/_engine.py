@@ -19,6 +19,7 @@ import anyio.to_thread
 import docker
 import docker.errors
 import requests
+
 from nodevisor import RuntimeFailure
 
 from ._settings import DockerSettings

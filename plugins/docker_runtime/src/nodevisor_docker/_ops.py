@@ -15,6 +15,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 from docker.models.volumes import Volume
+
 from nodevisor import ImageUnavailable, NodeSpec, RuntimeFailure, StopOutcome
 
 from . import _describe, _labels
@@ -130,19 +131,25 @@ def _check_owner(labels: dict[str, str] | None, spec: NodeSpec, what: str) -> No
 def _create_container(
     client: docker.DockerClient, spec: NodeSpec, name: str
 ) -> Container:
+    # The low-level call, because only it sets the container's stop timeout:
+    # an operator's `docker stop` then waits the grace period too.
     volume = _ensure_volume(client, spec)
-    return client.containers.create(
+    host_config = client.api.create_host_config(
+        binds={volume.name: {"bind": spec.data_path, "mode": "rw"}},
+        # The agent is the only supervisor: the engine never restarts a node.
+        restart_policy={"Name": "no"},
+    )
+    created = client.api.create_container(
         image=spec.image,
         command=list(spec.command) or None,
         name=name,
         labels=_labels.node_labels(spec),
         environment=dict(spec.environment),
-        volumes={volume.name: {"bind": spec.data_path, "mode": "rw"}},
         stop_signal=spec.stop_signal,
         stop_timeout=math.ceil(spec.grace_period),
-        # The agent is the only supervisor: the engine never restarts a node.
-        restart_policy={"Name": "no"},
+        host_config=host_config,
     )
+    return client.containers.get(created["Id"])
 
 
 def _ensure_volume(client: docker.DockerClient, spec: NodeSpec) -> Volume:
