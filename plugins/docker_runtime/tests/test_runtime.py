@@ -341,3 +341,21 @@ def test_the_plugin_is_found_through_its_entry_point() -> None:
 def _tar_names(path: Path) -> set[str]:
     with tarfile.open(path) as archive:
         return set(archive.getnames())
+
+
+async def test_the_container_carries_labels_signal_and_timeout(
+    runtime, make_spec, docker_client
+) -> None:
+    spec = make_spec()
+    await runtime.create(spec)
+
+    attrs = docker_client.containers.get(f"nodevisor-{spec.id}").attrs
+
+    assert attrs["Config"]["Labels"]["io.nodevisor.node-id"] == spec.id
+    assert attrs["Config"]["Labels"]["io.nodevisor.url"] == spec.url
+    assert (attrs["Config"]["StopSignal"], attrs["Config"]["StopTimeout"]) == (
+        "SIGTERM",
+        120,
+    )
+    assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    assert attrs["Mounts"][0]["Name"] == f"nodevisor-data-{spec.id}"
