@@ -23,7 +23,9 @@ from nodevisor_docker import DockerRuntime, nodevisor_runtimes
 
 pytestmark = pytest.mark.anyio
 
-SLEEPER = ("busybox", "sleep", "600")  # PID 1 without a handler ignores SIGTERM
+SLEEPER = ("busybox", "sleep", "600")
+# A process that ignores the stop signal; only SIGKILL ends it.
+IGNORES_TERM = ("sh", "-c", "trap '' TERM; busybox sleep 600 & wait")
 
 
 async def test_lifecycle_reports_each_state(runtime, make_spec, shell) -> None:
@@ -55,13 +57,15 @@ async def test_lifecycle_reports_each_state(runtime, make_spec, shell) -> None:
     assert await runtime.inspect(spec.id) is None
 
 
-async def test_litecoind_is_pid_1_in_regtest(runtime, make_spec, shell) -> None:
+async def test_litecoind_runs_in_regtest(runtime, make_spec, shell) -> None:
     spec = make_spec()
     await runtime.create(spec)
     await runtime.start(spec)
 
     await shell.block_count(spec.id)
-    code, cmdline = await shell.run(spec.id, "busybox", "cat", "/proc/1/cmdline")
+    code, cmdline = await shell.run(
+        spec.id, "sh", "-c", "busybox cat /proc/$(busybox pidof litecoind)/cmdline"
+    )
 
     assert code == 0
     assert cmdline.split("\0")[:3] == [
@@ -174,8 +178,21 @@ async def test_upgrade_to_a_missing_image_keeps_the_old_container(
     assert len(await runtime.list_nodes()) == 1
 
 
+async def test_a_stop_right_after_start_is_clean(runtime, make_spec) -> None:
+    # The init in the container forwards the signal even before litecoind
+    # handles it; without one the signal is lost and the node is killed once
+    # the grace period has passed.
+    spec = make_spec(grace_period=5)
+    await runtime.create(spec)
+    await runtime.start(spec)
+
+    outcome = await runtime.stop(spec)
+
+    assert outcome.clean, outcome.detail
+
+
 async def test_stop_kills_a_node_that_ignores_the_signal(runtime, make_spec) -> None:
-    spec = make_spec(command=SLEEPER, grace_period=1)
+    spec = make_spec(command=IGNORES_TERM, grace_period=1)
     await runtime.create(spec)
     await runtime.start(spec)
 

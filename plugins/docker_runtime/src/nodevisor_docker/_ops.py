@@ -138,6 +138,11 @@ def _create_container(
         binds={volume.name: {"bind": spec.data_path, "mode": "rw"}},
         # The agent is the only supervisor: the engine never restarts a node.
         restart_policy={"Name": "no"},
+        # A small init as PID 1 forwards the stop signal. Without it, a signal
+        # that arrives before the node's process installs its handler is
+        # dropped (PID 1 ignores unhandled signals) and the stop waits out
+        # the whole grace period.
+        init=True,
     )
     created = client.api.create_container(
         image=spec.image,
