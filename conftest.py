@@ -15,7 +15,10 @@ def anyio_backend() -> str:
 
 def docker_required() -> bool:
     """In CI (or with NODEVISOR_REQUIRE_DOCKER=1) Docker tests must not skip."""
-    return os.environ.get("NODEVISOR_REQUIRE_DOCKER") == "1" or os.environ.get("CI") == "true"
+    return (
+        os.environ.get("NODEVISOR_REQUIRE_DOCKER") == "1"
+        or os.environ.get("CI") == "true"
+    )
 
 
 @pytest.fixture(scope="session")

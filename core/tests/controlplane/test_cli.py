@@ -22,8 +22,10 @@ NODEVISOR = str(Path(sys.executable).with_name("nodevisor"))
 
 def cli_env(cp: RunningControlPlane) -> dict[str, str]:
     return dict(
-        os.environ, NODEVISOR_CP_URL=cp.address,
-        NODEVISOR_CP_DATA_DIR=str(cp.data_dir), COLUMNS="200",
+        os.environ,
+        NODEVISOR_CP_URL=cp.address,
+        NODEVISOR_CP_DATA_DIR=str(cp.data_dir),
+        COLUMNS="200",
     )
 
 
@@ -72,8 +74,9 @@ async def test_send_prints_every_update_and_exits_with_the_result(
         command = await agent.next_command(20)
         await agent.answer(command)
         status = node_pb2.NodeInfo.ContainerStatus.Value("Stopping")
-        info = node_pb2.NodeInfo(id=common_pb2.Uuid(value=node_id),
-                                 container_status=status)
+        info = node_pb2.NodeInfo(
+            id=common_pb2.Uuid(value=node_id), container_status=status
+        )
         await agent.send(node=info)
         await agent.answer(command, exit_code=4, response="node is not running")
         code = await process.wait()
@@ -83,11 +86,11 @@ async def test_send_prints_every_update_and_exits_with_the_result(
     lines = out.decode().splitlines()
     assert command.node.WhichOneof("command") == "stop"
     assert lines[1:] == [
-        "ack", f"node {node_id} Stopping",
+        "ack",
+        f"node {node_id} Stopping",
         "result exit_code=4 response=node is not running",
     ]
     assert code == 4
-
 
 
 async def test_no_wait_queues_and_tables_show_history(

@@ -21,7 +21,8 @@ STATUS = node_pb2.NodeInfo.ContainerStatus
 
 def node_command(node_id: str, **variant: object) -> command_flow_pb2.Command:
     command = node_pb2.NodeCommand(
-        id=common_pb2.Uuid(value=node_id), **variant  # type: ignore[arg-type]
+        id=common_pb2.Uuid(value=node_id),
+        **variant,  # type: ignore[arg-type]
     )
     return command_flow_pb2.Command(node=command)
 
@@ -41,8 +42,10 @@ def command_id(command: command_flow_pb2.Command) -> str:
 
 @pytest.mark.parametrize(
     ("token", "message"),
-    [(None, "missing 'authorization: Bearer <token>' metadata"),
-     ("wrong", "the bearer token belongs to no host")],
+    [
+        (None, "missing 'authorization: Bearer <token>' metadata"),
+        ("wrong", "the bearer token belongs to no host"),
+    ],
 )
 async def test_stream_needs_the_host_token(
     cp: RunningControlPlane, open_agent: OpenAgent, token: str | None, message: str
@@ -109,8 +112,11 @@ async def test_updates_are_recorded_and_node_state_merged(
     node_id = str(uuid.uuid4())
     agent = await open_agent(token)
 
-    await agent.send(node=node_info(node_id, name="n1", image="btc/1",
-                                    container_status=STATUS.Value("Creating")))
+    await agent.send(
+        node=node_info(
+            node_id, name="n1", image="btc/1", container_status=STATUS.Value("Creating")
+        )
+    )
     await agent.send()  # malformed: carries nothing
     await agent.send(node=node_info(node_id, container_status=STATUS.Value("Running")))
     queued = await cp.admin.queue_command(host_id, start(node_id))

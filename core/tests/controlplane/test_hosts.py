@@ -87,8 +87,10 @@ async def test_info_update_replaces_the_host_info(cp: RunningControlPlane) -> No
 
 @pytest.mark.parametrize(
     ("token", "message"),
-    [(None, "missing 'authorization: Bearer <token>' metadata"),
-     ("wrong", "the bearer token belongs to no host")],
+    [
+        (None, "missing 'authorization: Bearer <token>' metadata"),
+        ("wrong", "the bearer token belongs to no host"),
+    ],
 )
 async def test_info_update_needs_the_host_token(
     cp: RunningControlPlane, token: str | None, message: str

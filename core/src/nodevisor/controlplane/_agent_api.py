@@ -40,8 +40,9 @@ async def record(
     """Store and publish one update; why it was not applied, if it was not."""
     recorded = await db.call(db.record_update, host_id, update)
     if recorded.error:
-        log.warning("host %s sent an update that was not applied: %s",
-                    host_id, recorded.error)
+        log.warning(
+            "host %s sent an update that was not applied: %s", host_id, recorded.error
+        )
     hub.publish(Event(host_id, time.time(), update, recorded.command_id))
     return recorded.error
 

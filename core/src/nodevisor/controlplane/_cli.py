@@ -80,8 +80,12 @@ def control_plane() -> None:
 
 
 @control_plane.command()
-@click.option("--listen", default="127.0.0.1:50051", show_default=True,
-              help="host:port to serve on.")
+@click.option(
+    "--listen",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port to serve on.",
+)
 @data_dir_option
 def serve(listen: str, data_dir: Path) -> None:
     """Serve agents and operators until SIGINT or SIGTERM."""
@@ -99,8 +103,9 @@ def otp() -> None:
 
 
 @otp.command("create")
-@click.option("--ttl", default=3600.0, show_default=True,
-              help="Seconds the password stays valid.")
+@click.option(
+    "--ttl", default=3600.0, show_default=True, help="Seconds the password stays valid."
+)
 @api_option
 @data_dir_option
 def otp_create(ttl: float, api: str, data_dir: Path) -> None:
@@ -117,8 +122,12 @@ def hosts(api: str, data_dir: Path) -> None:
     table = Table("id", "name", "status", "ip", "version", "last seen")
     for host in found:
         table.add_row(
-            host.id, host.info.name, "online" if host.online else "offline",
-            host.info.ip, host.info.version, _when(host.last_seen),
+            host.id,
+            host.info.name,
+            "online" if host.online else "offline",
+            host.info.ip,
+            host.info.version,
+            _when(host.last_seen),
         )
     Console().print(table)
 
@@ -134,8 +143,12 @@ def nodes(host_id: str, api: str, data_dir: Path) -> None:
     for node in found:
         info = node.info
         table.add_row(
-            node.host_id, info.id.value, info.name,
-            STATUS.Name(info.container_status), info.image, info.failure_reason,
+            node.host_id,
+            info.id.value,
+            info.name,
+            STATUS.Name(info.container_status),
+            info.image,
+            info.failure_reason,
             _when(node.updated_at),
         )
     Console().print(table)
@@ -148,14 +161,19 @@ def nodes(host_id: str, api: str, data_dir: Path) -> None:
 def commands(host_id: str, api: str, data_dir: Path) -> None:
     """List the history of commands."""
     found = _admin_call(api, data_dir, lambda admin: admin.list_commands(host_id))
-    table = Table("id", "host", "node", "command", "state", "exit", "response",
-                  "created")
+    table = Table(
+        "id", "host", "node", "command", "state", "exit", "response", "created"
+    )
     for record in found:
         table.add_row(
-            record.id, record.host_id, record.node_id, _describe(record.command),
+            record.id,
+            record.host_id,
+            record.node_id,
+            _describe(record.command),
             admin_pb2.CommandState.Name(record.state).removeprefix("COMMAND_STATE_"),
             str(record.exit_code) if record.HasField("exit_code") else "",
-            record.response, _when(record.created_at),
+            record.response,
+            _when(record.created_at),
         )
     Console().print(table)
 
@@ -180,22 +198,36 @@ class _Target:
 
 
 pass_target = click.make_pass_decorator(_Target)
-node_option = click.option("--node", "node_id", type=click.UUID, required=True,
-                           help="The node's id.")
+node_option = click.option(
+    "--node", "node_id", type=click.UUID, required=True, help="The node's id."
+)
 
 
 @control_plane.group()
-@click.option("--host", "host_id", type=click.UUID, required=True,
-              help="The host to send the command to.")
-@click.option("--timeout", type=float, default=None,
-              help="Seconds to wait for the result; no limit by default.")
+@click.option(
+    "--host",
+    "host_id",
+    type=click.UUID,
+    required=True,
+    help="The host to send the command to.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for the result; no limit by default.",
+)
 @click.option("--no-wait", is_flag=True, help="Only queue the command.")
 @api_option
 @data_dir_option
 @click.pass_context
 def send(
-    ctx: click.Context, host_id: uuid.UUID, timeout: float | None, no_wait: bool,
-    api: str, data_dir: Path,
+    ctx: click.Context,
+    host_id: uuid.UUID,
+    timeout: float | None,
+    no_wait: bool,
+    api: str,
+    data_dir: Path,
 ) -> None:
     """Send a command to a host and print every update about it.
 
@@ -236,11 +268,18 @@ async def _send(target: _Target, command: command_flow_pb2.Command) -> int:
 @click.option("--name", required=True, help="The new node's name.")
 @click.option("--image", required=True, help="protocol/version from the catalogue.")
 @click.option("--blockchain", default="", help="The protocol, if it must be checked.")
-@click.option("--node-id", type=click.UUID, default=None,
-              help="The new node's id; a new one when absent.")
+@click.option(
+    "--node-id",
+    type=click.UUID,
+    default=None,
+    help="The new node's id; a new one when absent.",
+)
 @pass_target
 def create(
-    target: _Target, name: str, image: str, blockchain: str,
+    target: _Target,
+    name: str,
+    image: str,
+    blockchain: str,
     node_id: uuid.UUID | None,
 ) -> None:
     """Create a node."""

@@ -27,7 +27,8 @@ _STATUS = node_pb2.NodeInfo.ContainerStatus
 def node_command(node_id: str, **variant: object) -> command_flow_pb2.Command:
     """A node command; ``variant`` is one ``NodeCommand`` field and its value."""
     command = node_pb2.NodeCommand(
-        id=common_pb2.Uuid(value=node_id), **variant  # type: ignore[arg-type]
+        id=common_pb2.Uuid(value=node_id),
+        **variant,  # type: ignore[arg-type]
     )
     return command_flow_pb2.Command(node=command)
 

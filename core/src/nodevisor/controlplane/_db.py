@@ -212,8 +212,16 @@ class Database:
             db.execute(
                 "INSERT INTO commands (id, host_id, node_id, variant, payload,"
                 " state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (command_id, host_id, _node_id(command), variant,
-                 command.SerializeToString(), CommandState.QUEUED, now, now),
+                (
+                    command_id,
+                    host_id,
+                    _node_id(command),
+                    variant,
+                    command.SerializeToString(),
+                    CommandState.QUEUED,
+                    now,
+                    now,
+                ),
             )
             row = db.execute("SELECT * FROM commands WHERE id = ?", (command_id,))
             return _command(row.fetchone())
@@ -353,7 +361,9 @@ def _node_id(command: command_flow_pb2.Command) -> str:
 
 
 def _apply(
-    db: sqlite3.Connection, host_id: str, update: command_flow_pb2.InfoUpdate,
+    db: sqlite3.Connection,
+    host_id: str,
+    update: command_flow_pb2.InfoUpdate,
     now: float,
 ) -> Recorded:
     kind = update.WhichOneof("info")
@@ -398,7 +408,9 @@ def _apply_node(
 
 
 def _apply_command(
-    db: sqlite3.Connection, host_id: str, info: command_flow_pb2.CommandInfo,
+    db: sqlite3.Connection,
+    host_id: str,
+    info: command_flow_pb2.CommandInfo,
     now: float,
 ) -> Recorded:
     row = _answered_command(db, host_id, info.id.value)
@@ -411,8 +423,13 @@ def _apply_command(
         db.execute(
             "UPDATE commands SET state = ?, updated_at = ?, exit_code = ?,"
             " response = ? WHERE id = ?",
-            (CommandState.FINISHED, now, info.exit_code,
-             info.response if info.HasField("response") else None, row["id"]),
+            (
+                CommandState.FINISHED,
+                now,
+                info.exit_code,
+                info.response if info.HasField("response") else None,
+                row["id"],
+            ),
         )
     elif row["state"] in (CommandState.QUEUED, CommandState.SENT):
         db.execute(
@@ -454,7 +471,9 @@ def _node(row: sqlite3.Row) -> admin_pb2.Node:
 
 def _command(row: sqlite3.Row) -> admin_pb2.CommandRecord:
     record = admin_pb2.CommandRecord(
-        id=row["id"], host_id=row["host_id"], node_id=row["node_id"],
+        id=row["id"],
+        host_id=row["host_id"],
+        node_id=row["node_id"],
         state=CommandState(row["state"]).to_proto(),
     )
     record.command.ParseFromString(row["payload"])

@@ -77,8 +77,14 @@ class Unavailable(ControlPlaneError):
 
 _BY_STATUS: dict[grpc.StatusCode, type[ControlPlaneError]] = {
     cls.status: cls
-    for cls in (Unauthenticated, OtpRejected, NotFound, InvalidRequest,
-                CommandTimeout, Unavailable)
+    for cls in (
+        Unauthenticated,
+        OtpRejected,
+        NotFound,
+        InvalidRequest,
+        CommandTimeout,
+        Unavailable,
+    )
 }
 
 

@@ -65,8 +65,9 @@ class ControlPlane:
         await server.start()
         self._server = server
         self.address = f"{self.listen.rpartition(':')[0]}:{port}"
-        log.info("control plane listening on %s (data dir %s)",
-                 self.address, self.data_dir)
+        log.info(
+            "control plane listening on %s (data dir %s)", self.address, self.data_dir
+        )
 
     def _add_services(self, server: grpc.aio.Server, db: Database) -> None:
         host_pb2_grpc.add_HostsServicer_to_server(HostsServicer(db, self._hub), server)
