@@ -188,5 +188,10 @@ async def test_bad_commands_get_specific_results(control_plane, docker_host):
         seen, response = await send(cp, host_id, cmd, seconds=30)
         assert seen == [ACK, ("result", code)], response
         assert message in response
+    # a Command with no variant has no id: the agent answers it under an
+    # empty id, without an ack
+    seen, response = await send(cp, host_id, command_flow_pb2.Command(), seconds=30)
+    assert seen == [("result", 2)]
+    assert "neither a node nor a host command" in response
     assert await cp.admin.list_nodes(host_id) == []
     assert agent.process.poll() is None
