@@ -303,3 +303,13 @@ async def test_a_runtime_without_snapshot_says_not_supported(manager, memory, ne
     memory.capabilities = Capabilities(snapshot=False)  # shadows the class flags
     with pytest.raises(NotSupported, match="cannot snapshot"):
         await manager.snapshot(new_id)
+
+
+async def test_restart_says_when_its_stop_was_unclean(manager, memory, new_id):
+    await running(manager, new_id)
+    memory.ignore_stop = True
+    response = await manager.restart(new_id)
+    assert response.endswith(
+        "its stop was unclean: killed by SIGKILL (it did not "
+        "exit within 0.2s of SIGINT)"
+    )

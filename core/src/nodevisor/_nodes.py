@@ -271,20 +271,23 @@ class NodeManager:
         self._need(node, S.Running, "stop")
         runtime = self.runtime(node.runtime)
         node = await self._expect(node, S.Stopped)
-        _, message = await self._stop(node, runtime)
-        return message
+        _, unclean = await self._stop(node, runtime)
+        if unclean:
+            return f"node {node_id} stopped uncleanly: {unclean}"
+        return f"node {node_id} stopped"
 
     async def _stop(self, node: NodeRecord, runtime: Runtime) -> tuple[NodeRecord, str]:
+        """Stop a running node; also return how it was killed, or ""."""
         spec = self.spec(node)
         node = await self._move(node, S.Stopping)
         outcome = await self._guarded(node, runtime, runtime.stop(spec))
         node = await self._move(node, S.Stopped)
         if outcome.clean:
-            return node, f"node {node.id} stopped"
+            return node, ""
         detail = outcome.detail or "killed"
         return node, (
-            f"node {node.id} stopped uncleanly: {detail} "
-            f"(it did not exit within {spec.grace_period:g}s of {spec.stop_signal})"
+            f"{detail} (it did not exit within {spec.grace_period:g}s "
+            f"of {spec.stop_signal})"
         )
 
     async def restart(self, node_id: str) -> str:
@@ -293,12 +296,13 @@ class NodeManager:
             self._need(node, S.Running, "restart")
         runtime = self.runtime(node.runtime)
         node = await self._expect(node, S.Running)
-        stopped = ""
+        unclean = ""
         if node.status is S.Running:
-            node, stopped = await self._stop(node, runtime)
+            node, unclean = await self._stop(node, runtime)
         await self._start(node, runtime)
-        unclean = f" ({stopped})" if "uncleanly" in stopped else ""
-        return f"node {node_id} restarted{unclean}"
+        if unclean:
+            return f"node {node_id} restarted; its stop was unclean: {unclean}"
+        return f"node {node_id} restarted"
 
     async def upgrade(self, node_id: str, msg: node_pb2.NodeUpgrade) -> str:
         node = await self.require(node_id)
