@@ -57,10 +57,10 @@ def test_broken_plugins_are_reported_and_the_rest_load(outside_plugins):
     plugins = PluginManager()
     plugins.load_entry_points()
     assert "memory" in plugins.runtimes
-    reasons = {f.plugin: f.reason for f in plugins.failures}
+    reasons = {f.name: f.error for f in plugins.failures}
     assert "no such SDK" in reasons["broken"]
     assert f"contract version {CONTRACT_VERSION + 1}" in reasons["old"]
-    assert f"speaks {CONTRACT_VERSION}" in reasons["old"]
+    assert f"expects version {CONTRACT_VERSION}" in reasons["old"]
     assert "does not implement" in reasons["half"] and "create" in reasons["half"]
     assert all(f.distribution == "outside-plugins 1.0" for f in plugins.failures)
 
@@ -85,4 +85,4 @@ def test_two_runtimes_with_one_name_keep_the_first():
 
     plugins.register(Again(), name="again")
     assert plugins.runtimes["memory"] is _memory.MemoryRuntime
-    assert "'memory' is already taken" in plugins.failures[0].reason
+    assert "'memory' is already taken" in plugins.failures[0].error

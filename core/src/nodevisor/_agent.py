@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from blockjoy.api.v1 import command_flow_pb2, host_pb2
 
@@ -19,6 +22,7 @@ from ._messages import command_result, host_update, node_update
 from ._nodes import NodeManager, StoreRunner
 from ._plugins import PluginManager
 from ._runtime import Runtime, RuntimeContext
+from ._states import NodeStatus
 from ._store import NodeRecord, Store
 from ._stream import CommandStream, Outbox
 
@@ -32,19 +36,19 @@ async def load_runtimes(
 ) -> tuple[dict[str, Runtime], dict[str, str]]:
     """Build each wanted runtime; return those that work and why others don't."""
     runtimes: dict[str, Runtime] = {}
-    unavailable = {f.plugin: str(f) for f in plugins.failures}
+    unavailable: dict[str, str] = {}
     for name in sorted(wanted):
         try:
-            cls = plugins.runtime_class(name)
-            context = RuntimeContext(
-                host_id=host_id,
-                data_dir=config.data_dir / "runtimes" / name,
-                settings=config.runtimes.get(name, {}),
+            runtime = plugins.runtime_class(name)(
+                RuntimeContext(
+                    host_id=host_id,
+                    data_dir=config.data_dir / "runtimes" / name,
+                    settings=config.runtimes.get(name, {}),
+                )
             )
-            runtime = cls(context)
         except Exception as exc:  # one runtime failing leaves the others running
-            log.error("runtime %r cannot be used: %s", name, exc)
-            unavailable[name] = str(exc)
+            unavailable[name] = _why_missing(plugins, name, exc)
+            log.error("runtime %r cannot be used: %s", name, unavailable[name])
             continue
         try:
             await runtime.check()
@@ -52,6 +56,11 @@ async def load_runtimes(
             log.warning("runtime %r is not ready: %s", name, exc)
         runtimes[name] = runtime
     return runtimes, unavailable
+
+
+def _why_missing(plugins: PluginManager, name: str, exc: Exception) -> str:
+    failed = [str(p) for p in plugins.failures if p.name == name]
+    return "; ".join(failed) or str(exc)
 
 
 class Agent:
@@ -68,26 +77,23 @@ class Agent:
         self.stream: CommandStream | None = None
         #: Set once the stream exists; then ``stream.connected`` tells more.
         self.started = anyio.Event()
+        self._statuses: dict[str, NodeStatus] = {}
+        self._observers: TaskGroup | None = None
 
     async def run(self) -> None:
         async with AsyncExitStack() as stack:
-            store = Store(self.config.data_dir / "state.db")
-            stack.callback(store.close)
-            db = StoreRunner(store)
-            runtimes = await self._runtimes(stack, db)
-            nodes = NodeManager(
-                db=db,
-                catalogue=self.catalogue,
-                runtimes=runtimes[0],
-                unavailable=runtimes[1],
-                default_runtime=self.config.runtime,
-                host_id=self.credentials.host_id,
-                snapshot_dir=self.config.data_dir / "snapshots",
-                report=self._report,
-            )
+            self._observers = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._observers.cancel_scope.cancel)
+            db = StoreRunner(Store(self.config.data_dir / "state.db"))
+            stack.callback(db.store.close)
+            nodes = await self._node_manager(stack, db)
             dispatcher = await stack.enter_async_context(
                 Dispatcher(
-                    nodes=nodes, db=db, emit=self.outbox.put, host_info=self._host_info
+                    nodes=nodes,
+                    db=db,
+                    emit=self.outbox.put,
+                    host_info=self._host_info,
+                    finished=self._command_finished,
                 )
             )
             await self._close_interrupted(db)
@@ -105,27 +111,35 @@ class Agent:
             )
             await self.stream.run()
 
-    async def _runtimes(
+    async def _node_manager(
         self, stack: AsyncExitStack, db: StoreRunner
-    ) -> tuple[dict[str, Runtime], dict[str, str]]:
-        wanted = {self.config.runtime} | {n.runtime for n in await db(db.store.nodes)}
+    ) -> NodeManager:
+        known = await db(db.store.nodes)
+        self._statuses = {node.id: node.status for node in known}
+        wanted = {self.config.runtime} | {node.runtime for node in known}
         runtimes, unavailable = await load_runtimes(
             self.config, self.credentials.host_id, self.plugins, wanted
         )
         for runtime in runtimes.values():
             stack.push_async_callback(_close_runtime, runtime)
-        return runtimes, unavailable
+        return NodeManager(
+            db=db,
+            catalogue=self.catalogue,
+            runtimes=runtimes,
+            unavailable=unavailable,
+            default_runtime=self.config.runtime,
+            host_id=self.credentials.host_id,
+            snapshot_dir=self.config.data_dir / "snapshots",
+            report=self._report,
+        )
 
     async def _close_interrupted(self, db: StoreRunner) -> None:
         why = "the agent stopped while this command ran; check the node's status"
         for record in await db(db.store.unfinished_commands):
-            await db(
-                db.store.finish_command, record.id, int(ExitCode.INTERNAL_ERROR), why
-            )
-            log.warning(
-                "command %s (%s) was interrupted by a restart", record.id, record.kind
-            )
-            self.outbox.put(command_result(record.id, ExitCode.INTERNAL_ERROR, why))
+            code = int(ExitCode.INTERNAL_ERROR)
+            await db(db.store.finish_command, record.id, code, why)
+            log.warning("command %s (%s) was interrupted", record.id, record.kind)
+            self.outbox.put(command_result(record.id, code, why))
 
     async def _greeting(self, nodes: NodeManager) -> list[command_flow_pb2.InfoUpdate]:
         updates = [host_update(await self._host_info())]
@@ -133,7 +147,7 @@ class Agent:
 
     async def _host_info(self) -> host_pb2.HostInfo:
         config = self.config
-        return await anyio.to_thread.run_sync(
+        info = await anyio.to_thread.run_sync(
             lambda: host_info(
                 host_id=self.credentials.host_id,
                 api_url=self.credentials.api_url,
@@ -142,9 +156,39 @@ class Agent:
                 location=config.location,
             )
         )
+        for plugin in self.plugins.plugins:
+            status = info.plugins.add(
+                name=plugin.name, distribution=plugin.distribution
+            )
+            status.runtimes.extend(plugin.runtimes)
+            if plugin.error:
+                status.error = plugin.error
+        return info
 
     def _report(self, node: NodeRecord) -> None:
         self.outbox.put(node_update(node))
+        previous = self._statuses.get(node.id, NodeStatus.UndefinedContainerStatus)
+        self._statuses[node.id] = node.status
+        if previous is not node.status:
+            self._notify(
+                "nodevisor_node_status_changed",
+                node_id=node.id,
+                name=node.name,
+                runtime=node.runtime,
+                previous=previous.name,
+                current=node.status.name,
+                failure=node.failure,
+            )
+
+    def _command_finished(self, **details: Any) -> None:
+        self._notify("nodevisor_command_finished", **details)
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        self.plugins.notify(self._spawn, hook, **kwargs)
+
+    def _spawn(self, observer: Callable[[], Awaitable[Any]]) -> None:
+        assert self._observers is not None
+        self._observers.start_soon(observer)
 
 
 def _loaded_plugins() -> PluginManager:

@@ -82,6 +82,8 @@ def plugins_command() -> None:
     console.print(table)
     for failure in plugins.failures:
         console.print(f"[red]failed:[/red] {failure}", markup=True, highlight=False)
+    if plugins.failures:
+        raise SystemExit(1)
 
 
 @agent.command("nodes")

@@ -51,11 +51,13 @@ class Dispatcher:
         db: StoreRunner,
         emit: Emit,
         host_info: Callable[[], Awaitable[host_pb2.HostInfo]],
+        finished: Callable[..., None] | None = None,
     ) -> None:
         self.nodes = nodes
         self._db = db
         self._emit = emit
         self._host_info = host_info
+        self._finished = finished
         self._lanes: dict[str, deque[command_flow_pb2.Command]] = {}
         self._tasks: TaskGroup | None = None
         self._idle = anyio.Event()
@@ -142,6 +144,14 @@ class Dispatcher:
         await self._db(self._db.store.finish_command, command_id, int(code), response)
         log.info("command %s (%s): exit code %d: %s", command_id, kind, code, response)
         self._emit(command_result(command_id, code, response))
+        if self._finished is not None:
+            self._finished(
+                command_id=command_id,
+                node_id=node_id,
+                kind=kind,
+                exit_code=int(code),
+                response=response,
+            )
 
     async def _answered_before(self, command_id: str) -> bool:
         record = await self._db(self._db.store.command, command_id)

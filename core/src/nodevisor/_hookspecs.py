@@ -1,7 +1,21 @@
 """The hooks a nodevisor plugin implements.
 
-Plugins are found only through the ``nodevisor`` entry-point group; each
-entry point names a module (or object) whose functions carry ``@hookimpl``.
+Plugins are found only through the ``nodevisor`` entry-point group. Each entry
+point names a module (or any object) whose functions carry ``@hookimpl`` and
+are named after the hooks below; a plugin implements only the hooks it needs,
+and may take only some of a hook's arguments.
+
+There are two kinds of hook:
+
+- ``nodevisor_runtimes`` hands the agent runtime *classes*. The node lifecycle
+  is not a hook: the agent calls the methods of the one runtime a node runs
+  on (``nodevisor.Runtime``), so a call for a node never reaches another
+  plugin.
+- Observer hooks (``nodevisor_node_status_changed``,
+  ``nodevisor_command_finished``) tell every plugin what happened, after the
+  fact. They may be plain functions or coroutine functions; the agent does
+  not wait for them, and what they return is ignored. An observer that
+  raises is logged and not called again; the agent carries on.
 """
 
 from __future__ import annotations
@@ -10,7 +24,7 @@ import pluggy
 
 from ._runtime import Runtime
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["HOOKS", "hookimpl", "hookspec"]
 
 hookspec = pluggy.HookspecMarker("nodevisor")
 hookimpl = pluggy.HookimplMarker("nodevisor")
@@ -20,8 +34,55 @@ hookimpl = pluggy.HookimplMarker("nodevisor")
 def nodevisor_runtimes() -> list[type[Runtime]]:
     """Return the runtime classes this plugin provides.
 
-    Called once when the agent loads its plugins. Each class must subclass
-    ``nodevisor.Runtime`` and set a ``name`` that no other runtime uses. The
-    agent builds an instance only of the runtime(s) that config selects.
+    Called once, when the agent loads its plugins. Each class must subclass
+    ``nodevisor.Runtime``, set a ``name`` that no other runtime uses and a
+    ``contract_version`` equal to ``nodevisor.CONTRACT_VERSION``, and
+    implement every abstract method. A class that does not fit is refused
+    and reported; the plugin's other classes still load. The agent builds an
+    instance only of the runtimes that config selects or that existing nodes
+    use.
     """
     raise NotImplementedError
+
+
+@hookspec
+def nodevisor_node_status_changed(
+    node_id: str,
+    name: str,
+    runtime: str,
+    previous: str,
+    current: str,
+    failure: str | None,
+) -> None:
+    """A node's container status changed.
+
+    Called after the change is stored and queued for the control plane, once
+    for every transition, in order. ``previous`` and ``current`` are
+    ``NodeInfo.ContainerStatus`` names such as ``"Stopped"`` and
+    ``"Starting"``; ``failure`` is the node's failure reason, or ``None``.
+    """
+
+
+@hookspec
+def nodevisor_command_finished(
+    command_id: str,
+    node_id: str | None,
+    kind: str,
+    exit_code: int,
+    response: str,
+) -> None:
+    """A command from the control plane finished.
+
+    Called after its result is stored and queued for the control plane.
+    ``kind`` is ``"node.<command>"`` or ``"host.<command>"`` (for example
+    ``"node.start"``); ``node_id`` is ``None`` for host commands;
+    ``exit_code`` is one of ``nodevisor.ExitCode``.
+    """
+
+
+#: Every hook name, for the plugin guide's completeness test.
+HOOKS = (
+    "nodevisor_runtimes",
+    "nodevisor_node_status_changed",
+    "nodevisor_command_finished",
+)

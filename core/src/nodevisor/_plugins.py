@@ -1,10 +1,13 @@
-"""Finding plugins through entry points and choosing runtimes from them."""
+"""Finding plugins through entry points, choosing runtimes, calling observers."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pluggy
 
@@ -12,58 +15,72 @@ from . import _hookspecs
 from ._errors import PluginError
 from ._runtime import CONTRACT_VERSION, Runtime
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginFailure", "PluginManager"]
+__all__ = ["ENTRY_POINT_GROUP", "PluginManager", "PluginStatus"]
 
 log = logging.getLogger(__name__)
 
 #: The entry-point group nodevisor loads plugins from.
 ENTRY_POINT_GROUP = "nodevisor"
 
+Spawn = Callable[[Callable[[], Awaitable[Any]]], None]
 
-@dataclass(frozen=True)
-class PluginFailure:
-    """A plugin that was not loaded, and why."""
 
-    plugin: str
+@dataclass
+class PluginStatus:
+    """One plugin: what it provides, or why it is not in use."""
+
+    name: str
     distribution: str
-    reason: str
+    runtimes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.errors) or None
 
     def __str__(self) -> str:
-        return f"plugin {self.plugin!r} ({self.distribution}): {self.reason}"
+        return f"plugin {self.name!r} ({self.distribution}): {self.error or 'ok'}"
 
 
 @dataclass
 class PluginManager:
     """Loads plugins and keeps the runtimes they provide, by name.
 
-    A plugin that fails to import, or that provides a runtime which does not
-    fit the contract, is logged and recorded in ``failures``; the others load
-    as usual.
+    A plugin that fails to import, whose hooks do not match the specs, or
+    whose runtime does not fit the contract is logged and recorded in
+    ``plugins`` with the reason; the others load as usual.
     """
 
     group: str = ENTRY_POINT_GROUP
     runtimes: dict[str, type[Runtime]] = field(default_factory=dict)
-    failures: list[PluginFailure] = field(default_factory=list)
+    plugins: list[PluginStatus] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._pm = pluggy.PluginManager("nodevisor")
         self._pm.add_hookspecs(_hookspecs)
+        self._silenced: set[tuple[str, str]] = set()
+
+    @property
+    def failures(self) -> list[PluginStatus]:
+        return [p for p in self.plugins if p.errors]
 
     def load_entry_points(self) -> None:
         for ep in importlib.metadata.entry_points(group=self.group):
-            dist = _describe(ep)
+            status = PluginStatus(ep.name, _describe(ep))
+            self.plugins.append(status)
             try:
                 plugin = ep.load()
-                self._pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must not stop the agent
-                self._fail(ep.name, dist, f"failed to load: {exc!r}")
+                self._fail(status, f"failed to import {ep.value!r}: {exc!r}")
                 continue
-            self._collect(ep.name, dist, plugin)
+            self._register(status, plugin)
 
-    def register(self, plugin: object, name: str) -> None:
+    def register(self, plugin: object, name: str) -> PluginStatus:
         """Register a plugin object directly (tests, embedding)."""
-        self._pm.register(plugin, name=name)
-        self._collect(name, "registered directly", plugin)
+        status = PluginStatus(name, "registered directly")
+        self.plugins.append(status)
+        self._register(status, plugin)
+        return status
 
     def runtime_class(self, name: str) -> type[Runtime]:
         try:
@@ -74,31 +91,70 @@ class PluginManager:
                 f"no runtime named {name!r} is installed (installed: {known})"
             ) from None
 
-    def _collect(self, plugin_name: str, dist: str, plugin: object) -> None:
+    def notify(self, spawn: Spawn, hook: str, **kwargs: Any) -> None:
+        """Call every implementation of observer ``hook``, isolating failures.
+
+        Coroutines are handed to ``spawn`` to run in the background.
+        """
+        for impl in getattr(self._pm.hook, hook).get_hookimpls():
+            key = (impl.plugin_name, hook)
+            if key in self._silenced:
+                continue
+            arguments = {name: kwargs[name] for name in impl.argnames}
+            try:
+                result = impl.function(**arguments)
+            except Exception:
+                self._silence(key)
+                continue
+            if inspect.isawaitable(result):
+                spawn(lambda result=result, key=key: self._guard(key, result))
+
+    async def _guard(self, key: tuple[str, str], result: Awaitable[Any]) -> None:
+        try:
+            await result
+        except Exception:
+            self._silence(key)
+
+    def _silence(self, key: tuple[str, str]) -> None:
+        log.exception("plugin %r raised in %s; it will not be called again", *key)
+        self._silenced.add(key)
+
+    def _register(self, status: PluginStatus, plugin: object) -> None:
+        try:
+            self._pm.register(plugin, name=status.name)
+        except Exception as exc:  # pluggy names the hook that does not fit
+            self._fail(status, f"does not fit the hook specs: {exc}")
+            return
+        self._collect(status, plugin)
+
+    def _collect(self, status: PluginStatus, plugin: object) -> None:
         impl = getattr(plugin, "nodevisor_runtimes", None)
         if impl is None:
             return
         try:
             provided = list(impl() or [])
         except Exception as exc:
-            self._fail(plugin_name, dist, f"nodevisor_runtimes() raised {exc!r}")
+            self._fail(status, f"nodevisor_runtimes() raised {exc!r}")
             return
         for cls in provided:
             problem = _misfit(cls)
             if problem is None and cls.name in self.runtimes:
                 problem = f"runtime name {cls.name!r} is already taken"
             if problem is not None:
-                self._fail(plugin_name, dist, problem)
+                self._fail(status, problem)
                 continue
             self.runtimes[cls.name] = cls
-            log.debug(
-                "runtime %r loaded from plugin %r (%s)", cls.name, plugin_name, dist
-            )
+            status.runtimes.append(cls.name)
+            log.debug("runtime %r loaded from %s", cls.name, status)
 
-    def _fail(self, plugin: str, dist: str, reason: str) -> None:
-        failure = PluginFailure(plugin, dist, reason)
-        self.failures.append(failure)
-        log.error("%s; continuing without it", failure)
+    def _fail(self, status: PluginStatus, reason: str) -> None:
+        status.errors.append(reason)
+        log.error(
+            "plugin %r (%s): %s; continuing without it",
+            status.name,
+            status.distribution,
+            reason,
+        )
 
 
 def _misfit(cls: object) -> str | None:
@@ -109,7 +165,8 @@ def _misfit(cls: object) -> str | None:
     if cls.contract_version != CONTRACT_VERSION:
         return (
             f"runtime {cls.name!r} was built for contract version "
-            f"{cls.contract_version}, this nodevisor speaks {CONTRACT_VERSION}"
+            f"{cls.contract_version}, but this nodevisor expects version "
+            f"{CONTRACT_VERSION}"
         )
     if getattr(cls, "__abstractmethods__", None):
         missing = ", ".join(sorted(cls.__abstractmethods__))

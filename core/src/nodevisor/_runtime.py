@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 __all__ = [
     "CONTRACT_VERSION",
     "Capabilities",
+    "ExecResult",
     "NodeSpec",
     "NodeState",
     "Runtime",
@@ -60,6 +61,7 @@ class NodeSpec:
 
     id: str
     name: str
+    #: The host the node belongs to; always ``RuntimeContext.host_id``.
     host_id: str
     protocol: str
     version: str
@@ -110,6 +112,15 @@ class StopOutcome:
 
     clean: bool
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What a command run inside a node printed, and how it ended."""
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
 
 
 @dataclass(frozen=True)
@@ -175,12 +186,35 @@ class Runtime(abc.ABC):
 
     @abc.abstractmethod
     async def upgrade(self, old: NodeSpec, new: NodeSpec) -> None:
-        """Make a stopped node run ``new.image``, keeping its chain data."""
+        """Make a stopped node run ``new.image``, keeping its chain data.
+
+        Only called on a stopped node, after ``prepare(new)`` succeeded. A
+        failure must leave the node able to run ``old`` (the agent then
+        calls ``upgrade(new, old)`` to roll back).
+        """
 
     async def snapshot(self, spec: NodeSpec, destination: Path) -> Path:
         """Copy a stopped node's chain data to a file under ``destination``.
 
-        Only called when ``capabilities.snapshot`` is true. Returns the file.
+        Only called when ``capabilities.snapshot`` is true, and only on a
+        stopped node. Return the file, after checking that it exists.
+        """
+        raise NotImplementedError
+
+    # A cancel scope cannot stop a call blocked in an SDK's worker thread, so
+    # the runtime is told the limit and hands it to the engine itself.
+    async def exec(
+        self,
+        spec: NodeSpec,
+        argv: Sequence[str],
+        timeout: float,  # noqa: ASYNC109
+    ) -> ExecResult:
+        """Run ``argv`` inside the running node and return what it printed.
+
+        Only called when ``capabilities.exec`` is true. ``argv`` is passed as
+        it is, never through a shell. Raise ``RuntimeFailure`` if the command
+        cannot be started or does not end within ``timeout`` seconds; a
+        command that ends with a non-zero exit code is a normal result.
         """
         raise NotImplementedError
 

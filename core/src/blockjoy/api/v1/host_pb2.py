@@ -25,37 +25,39 @@ _sym_db = _symbol_database.Default()
 from blockjoy.api.v1 import common_pb2 as blockjoy_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62lockjoy/api/v1/host.proto\x12\x0f\x62lockjoy.api.v1\x1a\x1c\x62lockjoy/api/v1/common.proto\"\xd7\x02\n\x08HostInfo\x12!\n\x02id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07version\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08location\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\tcpu_count\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\x15\n\x08mem_size\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x16\n\tdisk_size\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x0f\n\x02os\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x17\n\nos_version\x18\t \x01(\tH\x07\x88\x01\x01\x12\x0f\n\x02ip\x18\n \x01(\tH\x08\x88\x01\x01\x42\x07\n\x05_nameB\n\n\x08_versionB\x0b\n\t_locationB\x0c\n\n_cpu_countB\x0b\n\t_mem_sizeB\x0c\n\n_disk_sizeB\x05\n\x03_osB\r\n\x0b_os_versionB\x05\n\x03_ip\"\xf7\x01\n\x14ProvisionHostRequest\x12)\n\nrequest_id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\x0b\n\x03otp\x18\x02 \x01(\t\x12%\n\x06org_id\x18\x03 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\'\n\x04info\x18\x04 \x01(\x0b\x32\x19.blockjoy.api.v1.HostInfo\x12\x15\n\rvalidator_ips\x18\x05 \x03(\t\x12\r\n\x05token\x18\x06 \x01(\t\x12\x31\n\x06status\x18\x07 \x01(\x0e\x32!.blockjoy.api.v1.ConnectionStatus\"\xad\x01\n\x15ProvisionHostResponse\x12&\n\x07host_id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\t\x12\x35\n\x11origin_request_id\x18\x04 \x01(\x0b\x32\x15.blockjoy.api.v1.UuidH\x00\x88\x01\x01\x42\x14\n\x12_origin_request_id\"k\n\x15HostInfoUpdateRequest\x12)\n\nrequest_id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.blockjoy.api.v1.HostInfo\"w\n\x16HostInfoUpdateResponse\x12\x10\n\x08messages\x18\x01 \x03(\t\x12\x35\n\x11origin_request_id\x18\x02 \x01(\x0b\x32\x15.blockjoy.api.v1.UuidH\x00\x88\x01\x01\x42\x14\n\x12_origin_request_id\" \n\rHostUpdateBVS\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x10\n\x0eHostRestartBVS\"\x0f\n\rHostRemoveBVS\"@\n\x12HostGenericCommand\x12*\n\x06params\x18\x01 \x03(\x0b\x32\x1a.blockjoy.api.v1.Parameter\"\r\n\x0bHostInfoGet\"\xf5\x02\n\x0bHostCommand\x12!\n\x02id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12*\n\x04meta\x18\x02 \x01(\x0b\x32\x1c.blockjoy.api.v1.CommandMeta\x12\x36\n\x07generic\x18\x03 \x01(\x0b\x32#.blockjoy.api.v1.HostGenericCommandH\x00\x12\x30\n\x08info_get\x18\x04 \x01(\x0b\x32\x1c.blockjoy.api.v1.HostInfoGetH\x00\x12\x34\n\nupdate_bvs\x18\x05 \x01(\x0b\x32\x1e.blockjoy.api.v1.HostUpdateBVSH\x00\x12\x36\n\x0brestart_bvs\x18\x06 \x01(\x0b\x32\x1f.blockjoy.api.v1.HostRestartBVSH\x00\x12\x34\n\nremove_bvs\x18\x07 \x01(\x0b\x32\x1e.blockjoy.api.v1.HostRemoveBVSH\x00\x42\t\n\x07\x63ommand*J\n\x10\x43onnectionStatus\x12\x1d\n\x19UndefinedConnectionStatus\x10\x00\x12\n\n\x06Online\x10\x01\x12\x0b\n\x07Offline\x10\x02\x32\xc2\x01\n\x05Hosts\x12Z\n\tProvision\x12%.blockjoy.api.v1.ProvisionHostRequest\x1a&.blockjoy.api.v1.ProvisionHostResponse\x12]\n\nInfoUpdate\x12&.blockjoy.api.v1.HostInfoUpdateRequest\x1a\'.blockjoy.api.v1.HostInfoUpdateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62lockjoy/api/v1/host.proto\x12\x0f\x62lockjoy.api.v1\x1a\x1c\x62lockjoy/api/v1/common.proto\"\x87\x03\n\x08HostInfo\x12!\n\x02id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07version\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08location\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x16\n\tcpu_count\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12\x15\n\x08mem_size\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x16\n\tdisk_size\x18\x07 \x01(\x03H\x05\x88\x01\x01\x12\x0f\n\x02os\x18\x08 \x01(\tH\x06\x88\x01\x01\x12\x17\n\nos_version\x18\t \x01(\tH\x07\x88\x01\x01\x12\x0f\n\x02ip\x18\n \x01(\tH\x08\x88\x01\x01\x12.\n\x07plugins\x18\x0b \x03(\x0b\x32\x1d.blockjoy.api.v1.PluginStatusB\x07\n\x05_nameB\n\n\x08_versionB\x0b\n\t_locationB\x0c\n\n_cpu_countB\x0b\n\t_mem_sizeB\x0c\n\n_disk_sizeB\x05\n\x03_osB\r\n\x0b_os_versionB\x05\n\x03_ip\"b\n\x0cPluginStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64istribution\x18\x02 \x01(\t\x12\x10\n\x08runtimes\x18\x03 \x03(\t\x12\x12\n\x05\x65rror\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_error\"\xf7\x01\n\x14ProvisionHostRequest\x12)\n\nrequest_id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\x0b\n\x03otp\x18\x02 \x01(\t\x12%\n\x06org_id\x18\x03 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\'\n\x04info\x18\x04 \x01(\x0b\x32\x19.blockjoy.api.v1.HostInfo\x12\x15\n\rvalidator_ips\x18\x05 \x03(\t\x12\r\n\x05token\x18\x06 \x01(\t\x12\x31\n\x06status\x18\x07 \x01(\x0e\x32!.blockjoy.api.v1.ConnectionStatus\"\xad\x01\n\x15ProvisionHostResponse\x12&\n\x07host_id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08messages\x18\x03 \x03(\t\x12\x35\n\x11origin_request_id\x18\x04 \x01(\x0b\x32\x15.blockjoy.api.v1.UuidH\x00\x88\x01\x01\x42\x14\n\x12_origin_request_id\"k\n\x15HostInfoUpdateRequest\x12)\n\nrequest_id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\'\n\x04info\x18\x02 \x01(\x0b\x32\x19.blockjoy.api.v1.HostInfo\"w\n\x16HostInfoUpdateResponse\x12\x10\n\x08messages\x18\x01 \x03(\t\x12\x35\n\x11origin_request_id\x18\x02 \x01(\x0b\x32\x15.blockjoy.api.v1.UuidH\x00\x88\x01\x01\x42\x14\n\x12_origin_request_id\" \n\rHostUpdateBVS\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x10\n\x0eHostRestartBVS\"\x0f\n\rHostRemoveBVS\"@\n\x12HostGenericCommand\x12*\n\x06params\x18\x01 \x03(\x0b\x32\x1a.blockjoy.api.v1.Parameter\"\r\n\x0bHostInfoGet\"\xf5\x02\n\x0bHostCommand\x12!\n\x02id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12*\n\x04meta\x18\x02 \x01(\x0b\x32\x1c.blockjoy.api.v1.CommandMeta\x12\x36\n\x07generic\x18\x03 \x01(\x0b\x32#.blockjoy.api.v1.HostGenericCommandH\x00\x12\x30\n\x08info_get\x18\x04 \x01(\x0b\x32\x1c.blockjoy.api.v1.HostInfoGetH\x00\x12\x34\n\nupdate_bvs\x18\x05 \x01(\x0b\x32\x1e.blockjoy.api.v1.HostUpdateBVSH\x00\x12\x36\n\x0brestart_bvs\x18\x06 \x01(\x0b\x32\x1f.blockjoy.api.v1.HostRestartBVSH\x00\x12\x34\n\nremove_bvs\x18\x07 \x01(\x0b\x32\x1e.blockjoy.api.v1.HostRemoveBVSH\x00\x42\t\n\x07\x63ommand*J\n\x10\x43onnectionStatus\x12\x1d\n\x19UndefinedConnectionStatus\x10\x00\x12\n\n\x06Online\x10\x01\x12\x0b\n\x07Offline\x10\x02\x32\xc2\x01\n\x05Hosts\x12Z\n\tProvision\x12%.blockjoy.api.v1.ProvisionHostRequest\x1a&.blockjoy.api.v1.ProvisionHostResponse\x12]\n\nInfoUpdate\x12&.blockjoy.api.v1.HostInfoUpdateRequest\x1a\'.blockjoy.api.v1.HostInfoUpdateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'blockjoy.api.v1.host_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONNECTIONSTATUS']._serialized_start=1605
-  _globals['_CONNECTIONSTATUS']._serialized_end=1679
+  _globals['_CONNECTIONSTATUS']._serialized_start=1753
+  _globals['_CONNECTIONSTATUS']._serialized_end=1827
   _globals['_HOSTINFO']._serialized_start=78
-  _globals['_HOSTINFO']._serialized_end=421
-  _globals['_PROVISIONHOSTREQUEST']._serialized_start=424
-  _globals['_PROVISIONHOSTREQUEST']._serialized_end=671
-  _globals['_PROVISIONHOSTRESPONSE']._serialized_start=674
-  _globals['_PROVISIONHOSTRESPONSE']._serialized_end=847
-  _globals['_HOSTINFOUPDATEREQUEST']._serialized_start=849
-  _globals['_HOSTINFOUPDATEREQUEST']._serialized_end=956
-  _globals['_HOSTINFOUPDATERESPONSE']._serialized_start=958
-  _globals['_HOSTINFOUPDATERESPONSE']._serialized_end=1077
-  _globals['_HOSTUPDATEBVS']._serialized_start=1079
-  _globals['_HOSTUPDATEBVS']._serialized_end=1111
-  _globals['_HOSTRESTARTBVS']._serialized_start=1113
-  _globals['_HOSTRESTARTBVS']._serialized_end=1129
-  _globals['_HOSTREMOVEBVS']._serialized_start=1131
-  _globals['_HOSTREMOVEBVS']._serialized_end=1146
-  _globals['_HOSTGENERICCOMMAND']._serialized_start=1148
-  _globals['_HOSTGENERICCOMMAND']._serialized_end=1212
-  _globals['_HOSTINFOGET']._serialized_start=1214
-  _globals['_HOSTINFOGET']._serialized_end=1227
-  _globals['_HOSTCOMMAND']._serialized_start=1230
-  _globals['_HOSTCOMMAND']._serialized_end=1603
-  _globals['_HOSTS']._serialized_start=1682
-  _globals['_HOSTS']._serialized_end=1876
+  _globals['_HOSTINFO']._serialized_end=469
+  _globals['_PLUGINSTATUS']._serialized_start=471
+  _globals['_PLUGINSTATUS']._serialized_end=569
+  _globals['_PROVISIONHOSTREQUEST']._serialized_start=572
+  _globals['_PROVISIONHOSTREQUEST']._serialized_end=819
+  _globals['_PROVISIONHOSTRESPONSE']._serialized_start=822
+  _globals['_PROVISIONHOSTRESPONSE']._serialized_end=995
+  _globals['_HOSTINFOUPDATEREQUEST']._serialized_start=997
+  _globals['_HOSTINFOUPDATEREQUEST']._serialized_end=1104
+  _globals['_HOSTINFOUPDATERESPONSE']._serialized_start=1106
+  _globals['_HOSTINFOUPDATERESPONSE']._serialized_end=1225
+  _globals['_HOSTUPDATEBVS']._serialized_start=1227
+  _globals['_HOSTUPDATEBVS']._serialized_end=1259
+  _globals['_HOSTRESTARTBVS']._serialized_start=1261
+  _globals['_HOSTRESTARTBVS']._serialized_end=1277
+  _globals['_HOSTREMOVEBVS']._serialized_start=1279
+  _globals['_HOSTREMOVEBVS']._serialized_end=1294
+  _globals['_HOSTGENERICCOMMAND']._serialized_start=1296
+  _globals['_HOSTGENERICCOMMAND']._serialized_end=1360
+  _globals['_HOSTINFOGET']._serialized_start=1362
+  _globals['_HOSTINFOGET']._serialized_end=1375
+  _globals['_HOSTCOMMAND']._serialized_start=1378
+  _globals['_HOSTCOMMAND']._serialized_end=1751
+  _globals['_HOSTS']._serialized_start=1830
+  _globals['_HOSTS']._serialized_end=2024
 # @@protoc_insertion_point(module_scope)

@@ -53,6 +53,7 @@ class HostInfo(google.protobuf.message.Message):
     OS_FIELD_NUMBER: builtins.int
     OS_VERSION_FIELD_NUMBER: builtins.int
     IP_FIELD_NUMBER: builtins.int
+    PLUGINS_FIELD_NUMBER: builtins.int
     name: builtins.str
     version: builtins.str
     """The agent's version."""
@@ -67,6 +68,12 @@ class HostInfo(google.protobuf.message.Message):
     ip: builtins.str
     @property
     def id(self) -> blockjoy.api.v1.common_pb2.Uuid: ...
+    @property
+    def plugins(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___PluginStatus]:
+        """Added by nodevisor: every plugin the agent tried to load, and whether it
+        works, so that the control plane sees a broken plugin without a login.
+        """
+
     def __init__(
         self,
         *,
@@ -80,9 +87,10 @@ class HostInfo(google.protobuf.message.Message):
         os: builtins.str | None = ...,
         os_version: builtins.str | None = ...,
         ip: builtins.str | None = ...,
+        plugins: collections.abc.Iterable[Global___PluginStatus] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_cpu_count", b"_cpu_count", "_disk_size", b"_disk_size", "_ip", b"_ip", "_location", b"_location", "_mem_size", b"_mem_size", "_name", b"_name", "_os", b"_os", "_os_version", b"_os_version", "_version", b"_version", "cpu_count", b"cpu_count", "disk_size", b"disk_size", "id", b"id", "ip", b"ip", "location", b"location", "mem_size", b"mem_size", "name", b"name", "os", b"os", "os_version", b"os_version", "version", b"version"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_cpu_count", b"_cpu_count", "_disk_size", b"_disk_size", "_ip", b"_ip", "_location", b"_location", "_mem_size", b"_mem_size", "_name", b"_name", "_os", b"_os", "_os_version", b"_os_version", "_version", b"_version", "cpu_count", b"cpu_count", "disk_size", b"disk_size", "id", b"id", "ip", b"ip", "location", b"location", "mem_size", b"mem_size", "name", b"name", "os", b"os", "os_version", b"os_version", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_cpu_count", b"_cpu_count", "_disk_size", b"_disk_size", "_ip", b"_ip", "_location", b"_location", "_mem_size", b"_mem_size", "_name", b"_name", "_os", b"_os", "_os_version", b"_os_version", "_version", b"_version", "cpu_count", b"cpu_count", "disk_size", b"disk_size", "id", b"id", "ip", b"ip", "location", b"location", "mem_size", b"mem_size", "name", b"name", "os", b"os", "os_version", b"os_version", "plugins", b"plugins", "version", b"version"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_cpu_count", b"_cpu_count"]) -> typing.Literal["cpu_count"] | None: ...
     @typing.overload
@@ -103,6 +111,40 @@ class HostInfo(google.protobuf.message.Message):
     def WhichOneof(self, oneof_group: typing.Literal["_version", b"_version"]) -> typing.Literal["version"] | None: ...
 
 Global___HostInfo: typing_extensions.TypeAlias = HostInfo
+
+@typing.final
+class PluginStatus(google.protobuf.message.Message):
+    """Added by nodevisor: one plugin of an agent."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: builtins.int
+    DISTRIBUTION_FIELD_NUMBER: builtins.int
+    RUNTIMES_FIELD_NUMBER: builtins.int
+    ERROR_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    """The plugin's entry-point name, for example `docker`."""
+    distribution: builtins.str
+    """The distribution that provides it, with its version."""
+    error: builtins.str
+    """Why the plugin is not in use; unset when it loaded."""
+    @property
+    def runtimes(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
+        """The runtimes it provides, by name; empty for a plugin that only watches."""
+
+    def __init__(
+        self,
+        *,
+        name: builtins.str = ...,
+        distribution: builtins.str = ...,
+        runtimes: collections.abc.Iterable[builtins.str] | None = ...,
+        error: builtins.str | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["_error", b"_error", "error", b"error"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_error", b"_error", "distribution", b"distribution", "error", b"error", "name", b"name", "runtimes", b"runtimes"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["_error", b"_error"]) -> typing.Literal["error"] | None: ...
+
+Global___PluginStatus: typing_extensions.TypeAlias = PluginStatus
 
 @typing.final
 class ProvisionHostRequest(google.protobuf.message.Message):
