@@ -1,0 +1,1 @@
+"""nodevisor runtime plugin: each node is a libvirt virtual machine."""
