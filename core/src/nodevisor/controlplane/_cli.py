@@ -15,9 +15,10 @@ import click
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 
 from ..admin.v1 import admin_pb2
 from ._client import AdminClient
@@ -117,9 +118,11 @@ def otp_create(ttl: float, api: str, data_dir: Path) -> None:
 @api_option
 @data_dir_option
 def hosts(api: str, data_dir: Path) -> None:
-    """List the provisioned hosts."""
+    """List the provisioned hosts, and the plugins that failed on each."""
     found = _admin_call(api, data_dir, lambda admin: admin.list_hosts())
-    table = Table("id", "name", "status", "ip", "version", "last seen")
+    table = Table(
+        "id", "name", "status", "ip", "version", "last seen", "plugin failures"
+    )
     for host in found:
         table.add_row(
             host.id,
@@ -128,8 +131,15 @@ def hosts(api: str, data_dir: Path) -> None:
             host.info.ip,
             host.info.version,
             _when(host.last_seen),
+            _plugin_failures(host.info),
         )
     Console().print(table)
+
+
+def _plugin_failures(info: host_pb2.HostInfo) -> str:
+    """The names of the host's plugins that failed, in red, or empty."""
+    failed = [plugin.name for plugin in info.plugins if plugin.HasField("error")]
+    return f"[red]{escape(', '.join(failed))}[/red]" if failed else ""
 
 
 @control_plane.command()
