@@ -19,11 +19,11 @@ from ._dispatch import Dispatcher
 from ._errors import ExitCode
 from ._hostinfo import host_info
 from ._messages import command_result, host_update, node_update
-from ._nodes import NodeManager, StoreRunner
+from ._nodes import NodeManager
 from ._plugins import PluginManager
 from ._runtime import Runtime, RuntimeContext
 from ._states import NodeStatus
-from ._store import NodeRecord, Store
+from ._store import NodeRecord, Store, StoreRunner
 from ._stream import CommandStream, Outbox
 
 __all__ = ["Agent", "load_runtimes"]
@@ -137,7 +137,7 @@ class Agent:
         why = "the agent stopped while this command ran; check the node's status"
         for record in await db(db.store.unfinished_commands):
             code = int(ExitCode.INTERNAL_ERROR)
-            await db(db.store.finish_command, record.id, code, why)
+            await db.write(db.store.finish_command, record.id, code, why)
             log.warning("command %s (%s) was interrupted", record.id, record.kind)
             self.outbox.put(command_result(record.id, code, why))
 

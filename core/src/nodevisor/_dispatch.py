@@ -26,7 +26,8 @@ from ._errors import (
     RuntimeFailure,
 )
 from ._messages import command_ack, command_result, host_update
-from ._nodes import NodeManager, StoreRunner
+from ._nodes import NodeManager
+from ._store import CommandRecord, StoreRunner
 
 __all__ = ["Dispatcher"]
 
@@ -62,6 +63,7 @@ class Dispatcher:
         self._tasks: TaskGroup | None = None
         self._idle = anyio.Event()
         self._idle.set()
+        self._finishing: dict[str, tuple[int, str]] = {}
 
     async def __aenter__(self) -> Dispatcher:
         self._tasks = anyio.create_task_group()
@@ -133,7 +135,7 @@ class Dispatcher:
             return
 
         node_id = command.node.id.value if command.HasField("node") else None
-        await self._db(self._db.store.record_command, command_id, node_id, kind)
+        await self._db.write(self._db.store.record_command, command_id, node_id, kind)
         self._emit(command_ack(command_id))
         log.debug(
             "command %s (%s) for %s: started", command_id, kind, node_id or "host"
@@ -141,7 +143,14 @@ class Dispatcher:
 
         code, response = await self._outcome(command)
 
-        await self._db(self._db.store.finish_command, command_id, int(code), response)
+        # Queued, not awaited: the result's outbox entry commits in the same or a
+        # later batch, so the result is durable before it is sent. Until then a
+        # repeat of the command is answered from memory.
+        self._finishing[command_id] = (int(code), response)
+        written = self._db.write_nowait(
+            self._db.store.finish_command, command_id, int(code), response
+        )
+        written.add_done_callback(lambda _: self._finishing.pop(command_id, None))
         log.info("command %s (%s): exit code %d: %s", command_id, kind, code, response)
         self._emit(command_result(command_id, code, response))
         if self._finished is not None:
@@ -155,6 +164,9 @@ class Dispatcher:
 
     async def _answered_before(self, command_id: str) -> bool:
         record = await self._db(self._db.store.command, command_id)
+        if command_id in self._finishing:
+            code, response = self._finishing[command_id]
+            record = CommandRecord(command_id, None, "", 0, 0, code, response)
         if record is None:
             return False
         self._emit(command_ack(command_id))
@@ -174,7 +186,7 @@ class Dispatcher:
                 "before sending it again"
             ),
         )
-        await self._db(self._db.store.finish_command, command_id, int(code), why)
+        await self._db.write(self._db.store.finish_command, command_id, int(code), why)
         self._emit(command_result(command_id, code, why))
         return True
 

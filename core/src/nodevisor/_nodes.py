@@ -17,7 +17,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 
@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._runtime import NodeSpec, NodeState, Runtime
 from ._states import NodeStatus, check_transition
-from ._store import NodeRecord, Store
+from ._store import NodeRecord, StoreRunner
 
 __all__ = ["NodeManager", "StoreRunner", "validate_name"]
 
@@ -70,17 +70,6 @@ def _validate_id(node_id: str) -> str:
         return str(uuid.UUID(node_id))
     except ValueError:
         raise InvalidArgument(f"node id {node_id!r} is not a UUID") from None
-
-
-class StoreRunner:
-    """Runs store calls in one worker thread at a time, off the event loop."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._limiter = anyio.CapacityLimiter(1)
-
-    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter)
 
 
 class NodeManager:
@@ -153,7 +142,7 @@ class NodeManager:
         )
 
     async def _save(self, node: NodeRecord, why: str) -> NodeRecord:
-        node = await self._db(self._store.save_node, node)
+        node = await self._db.write(self._store.save_node, node)
         log.info("node %s (%s): %s", node.id, node.name, why)
         self._report(node)
         return node
@@ -161,7 +150,7 @@ class NodeManager:
     async def _expect(self, node: NodeRecord, expected: NodeStatus) -> NodeRecord:
         if node.expected is expected and node.failure is None:
             return node
-        return await self._db(
+        return await self._db.write(
             self._store.save_node, node.replace(expected=expected, failure=None)
         )
 
@@ -218,7 +207,7 @@ class NodeManager:
             status=S.UndefinedContainerStatus,
             expected=S.Stopped,
         )
-        node = await self._db(self._store.save_node, node)
+        node = await self._db.write(self._store.save_node, node)
         spec = self.spec(node, release)
         try:
             node = await self._move(node, S.Installing)
@@ -240,7 +229,7 @@ class NodeManager:
             log.warning(
                 "node %s: cleanup after a failed create failed: %r", node.id, inner
             )
-        await self._db(self._store.forget_node, node.id)
+        await self._db.write(self._store.forget_node, node.id)
         gone = node.replace(
             status=S.UndefinedContainerStatus, failure=f"create failed: {exc}"
         )

@@ -1,23 +1,34 @@
-"""The agent's local state: its nodes and the commands it has run.
+"""The agent's local state: its nodes, the commands it ran, its outbox.
 
-SQLite through the standard library. Methods are synchronous and short; the
-agent calls them from a worker thread so that a slow disk never stalls the
-event loop. One connection, used by one thread at a time.
+SQLite through the standard library. ``Store`` methods are synchronous, one
+statement each; the agent reaches them through ``StoreRunner``, which runs
+them in a worker thread so that a slow disk never stalls the event loop, and
+commits concurrent writes together, in one transaction and one fsync, so
+durability costs little under load.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
 
 from ._states import NodeStatus
 
-__all__ = ["CommandRecord", "NodeRecord", "Store"]
+__all__ = ["CommandRecord", "NodeRecord", "Store", "StoreRunner"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -30,11 +41,16 @@ CREATE TABLE IF NOT EXISTS nodes (
     status INTEGER NOT NULL,
     expected INTEGER NOT NULL,
     failure TEXT,
+    journal TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_name ON nodes(name)
     WHERE status != 9;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
     node_id TEXT,
@@ -61,6 +77,8 @@ class NodeRecord:
     expected: NodeStatus
     node_type: int = 0
     failure: str | None = None
+    #: A multi-step operation under way (JSON), so a crash can finish it.
+    journal: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -92,22 +110,51 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._db.close()
+        """Close the connection once no call is using it."""
+        with self._lock:
+            self._db.close()
+
+    def locked(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn`` while no other thread uses or closes the connection."""
+        with self._lock:
+            return fn(*args)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[None]:
+        """Group the writes in the block into one commit."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def apply(
+        self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[Any]:
+        """Run ``writes`` in one transaction; each result, or the error it raised.
+
+        A write that fails is rolled back alone; the others are kept.
+        """
+        results: list[Any] = []
+        with self.transaction():
+            for fn, args in writes:
+                self._db.execute("SAVEPOINT write")
+                try:
+                    results.append(fn(*args))
+                except Exception as exc:  # handed to that write's caller
+                    self._db.execute("ROLLBACK TO write")
+                    results.append(exc)
+                self._db.execute("RELEASE write")
+        return results
 
     # nodes
 
@@ -136,17 +183,15 @@ class Store:
         node = node.replace(updated_at=now, created_at=node.created_at or now)
         fields = [f.name for f in dataclasses.fields(NodeRecord)]
         values = [_column(getattr(node, f)) for f in fields]
-        with self._transaction() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO nodes ({', '.join(fields)}) "
-                f"VALUES ({', '.join('?' for _ in fields)})",
-                values,
-            )
+        self._db.execute(
+            f"INSERT OR REPLACE INTO nodes ({', '.join(fields)}) "
+            f"VALUES ({', '.join('?' for _ in fields)})",
+            values,
+        )
         return node
 
     def forget_node(self, node_id: str) -> None:
-        with self._transaction() as db:
-            db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+        self._db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
 
     # commands
 
@@ -159,20 +204,18 @@ class Store:
         return None if row is None else CommandRecord(*row)
 
     def record_command(self, command_id: str, node_id: str | None, kind: str) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO commands (id, node_id, kind, received_at) "
-                "VALUES (?, ?, ?, ?)",
-                (command_id, node_id, kind, time.time()),
-            )
+        self._db.execute(
+            "INSERT OR IGNORE INTO commands (id, node_id, kind, received_at) "
+            "VALUES (?, ?, ?, ?)",
+            (command_id, node_id, kind, time.time()),
+        )
 
     def finish_command(self, command_id: str, exit_code: int, response: str) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE commands SET finished_at = ?, exit_code = ?, response = ? "
-                "WHERE id = ?",
-                (time.time(), exit_code, response, command_id),
-            )
+        self._db.execute(
+            "UPDATE commands SET finished_at = ?, exit_code = ?, response = ? "
+            "WHERE id = ?",
+            (time.time(), exit_code, response, command_id),
+        )
 
     def unfinished_commands(self) -> list[CommandRecord]:
         rows = self._db.execute(
@@ -181,35 +224,101 @@ class Store:
         )
         return [CommandRecord(*row) for row in rows]
 
+    # the outbox
+
+    def outbox_add(self, payload: bytes) -> int:
+        """Keep an update until the control plane confirms it; its number."""
+        cursor = self._db.execute("INSERT INTO outbox (payload) VALUES (?)", (payload,))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def outbox_confirm(self, up_to: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE seq <= ?", (up_to,))
+
+    def outbox(self) -> list[tuple[int, bytes]]:
+        return list(self._db.execute("SELECT seq, payload FROM outbox ORDER BY seq"))
+
+
+class StoreRunner:
+    """Runs store calls off the event loop, and commits writes in batches.
+
+    Reads (``await runner(fn, ...)``) run in the one worker thread the store
+    has. Writes (``await runner.write(fn, ...)``) queue up; while the runner
+    is entered (``async with``), a flusher commits every queued write in one
+    transaction and then wakes their callers in order. Outside ``async with``
+    each write commits alone.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._limiter = anyio.CapacityLimiter(1)
+        self._queue: list[
+            tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
+        ] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(
+            lambda: self.store.locked(fn, *args), limiter=self._limiter
+        )
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write; return once it is committed."""
+        return await self.write_nowait(fn, *args)
+
+    def write_nowait(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue a write; the future resolves once it is committed."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, args, future))
+        if self._flusher is None:
+            asyncio.get_running_loop().create_task(self._flush_once())
+        else:
+            self._wake.set()
+        return future
+
+    async def __aenter__(self) -> StoreRunner:
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._flusher is not None
+        self._flusher.cancel()
+        self._flusher = None
+        with anyio.CancelScope(shield=True):
+            await self._flush_once()  # what was queued still gets committed
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+        writes = [(fn, args) for fn, args, _ in batch]
+        try:
+            results = await self(self.store.apply, writes)
+        except Exception as exc:  # the commit failed: every write in it did
+            log.error("committing %d writes to the store failed: %r", len(batch), exc)
+            results = [exc] * len(batch)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
 
 def _column(value: object) -> object:
     return int(value) if isinstance(value, NodeStatus) else value
 
 
-def _node(row: tuple) -> NodeRecord:
-    (
-        id_,
-        name,
-        protocol,
-        version,
-        runtime,
-        node_type,
-        status,
-        expected,
-        failure,
-        created_at,
-        updated_at,
-    ) = row
-    return NodeRecord(
-        id=id_,
-        name=name,
-        protocol=protocol,
-        version=version,
-        runtime=runtime,
-        node_type=node_type,
-        status=NodeStatus(status),
-        expected=NodeStatus(expected),
-        failure=failure,
-        created_at=created_at,
-        updated_at=updated_at,
-    )
+def _node(row: sqlite3.Row) -> NodeRecord:
+    data = dict(row)
+    data["status"] = NodeStatus(data["status"])
+    data["expected"] = NodeStatus(data["expected"])
+    return NodeRecord(**data)

@@ -136,19 +136,25 @@ class Command(google.protobuf.message.Message):
 
     NODE_FIELD_NUMBER: builtins.int
     HOST_FIELD_NUMBER: builtins.int
+    RECEIVED_FIELD_NUMBER: builtins.int
     @property
     def node(self) -> blockjoy.api.v1.node_pb2.NodeCommand: ...
     @property
     def host(self) -> blockjoy.api.v1.host_pb2.HostCommand: ...
+    @property
+    def received(self) -> Global___UpdatesReceived:
+        """Added by nodevisor: confirms updates the control plane has stored."""
+
     def __init__(
         self,
         *,
         node: blockjoy.api.v1.node_pb2.NodeCommand | None = ...,
         host: blockjoy.api.v1.host_pb2.HostCommand | None = ...,
+        received: Global___UpdatesReceived | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["host", b"host", "node", b"node", "type", b"type"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["host", b"host", "node", b"node", "type", b"type"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["type", b"type"]) -> typing.Literal["node", "host"] | None: ...
+    def HasField(self, field_name: typing.Literal["host", b"host", "node", b"node", "received", b"received", "type", b"type"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["host", b"host", "node", b"node", "received", b"received", "type", b"type"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["type", b"type"]) -> typing.Literal["node", "host", "received"] | None: ...
 
 Global___Command: typing_extensions.TypeAlias = Command
 
@@ -159,6 +165,12 @@ class InfoUpdate(google.protobuf.message.Message):
     HOST_FIELD_NUMBER: builtins.int
     NODE_FIELD_NUMBER: builtins.int
     COMMAND_FIELD_NUMBER: builtins.int
+    SEQ_FIELD_NUMBER: builtins.int
+    seq: builtins.int
+    """Added by nodevisor: the update's number in the agent's outbox, counting
+    up; 0 for an update that needs no confirmation (the greeting on a new
+    stream, which is made afresh each time). See `UpdatesReceived`.
+    """
     @property
     def host(self) -> blockjoy.api.v1.host_pb2.HostInfo: ...
     @property
@@ -171,9 +183,38 @@ class InfoUpdate(google.protobuf.message.Message):
         host: blockjoy.api.v1.host_pb2.HostInfo | None = ...,
         node: blockjoy.api.v1.node_pb2.NodeInfo | None = ...,
         command: Global___CommandInfo | None = ...,
+        seq: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["command", b"command", "host", b"host", "info", b"info", "node", b"node"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command", b"command", "host", b"host", "info", b"info", "node", b"node"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["command", b"command", "host", b"host", "info", b"info", "node", b"node", "seq", b"seq"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["info", b"info"]) -> typing.Literal["host", "node", "command"] | None: ...
 
 Global___InfoUpdate: typing_extensions.TypeAlias = InfoUpdate
+
+@typing.final
+class UpdatesReceived(google.protobuf.message.Message):
+    """Added by nodevisor: how the control plane confirms receipt of updates.
+
+    The agent writes every update to a durable outbox before it sends it, and
+    numbers it (`InfoUpdate.seq`). A control plane that understands this sends
+    `UpdatesReceived{up_to}` once it has stored every update up to and
+    including `up_to`; the agent then forgets them. After a reconnect the agent
+    sends every update still unconfirmed, in order, before its greeting, so an
+    update is delivered at least once and the control plane's last view of
+    each node is the newest. A control plane that never confirms (a plain v1
+    peer) gets every unconfirmed update again on each new stream. The control
+    plane sends `received` only to agents that number their updates.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    UP_TO_FIELD_NUMBER: builtins.int
+    up_to: builtins.int
+    def __init__(
+        self,
+        *,
+        up_to: builtins.int = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["up_to", b"up_to"]) -> None: ...
+
+Global___UpdatesReceived: typing_extensions.TypeAlias = UpdatesReceived
