@@ -34,8 +34,13 @@ class MemoryRuntime(Runtime):
       ``RuntimeFailure``; ``prepare`` raises ``ImageUnavailable``.
     - ``delay``: seconds each named operation takes, e.g. ``{"start": 0.5}``.
     - ``missing_images``: image references that ``prepare`` cannot find.
+    - ``known_images``: when given, the only image references ``prepare``
+      finds.
     - ``ignore_stop``: when true, nodes "ignore" the stop signal and a stop
-      waits the whole grace period, then reports an unclean stop.
+      waits the whole grace period, then reports an unclean stop. A node
+      whose spec has ``options["ignore_stop"]`` true does so on its own.
+
+    It has no ``exec``: its nodes run no processes a command could join.
     """
 
     name = "memory"
@@ -47,6 +52,8 @@ class MemoryRuntime(Runtime):
         self.fail: set[str] = set(settings.get("fail", ()))
         self.delay: dict[str, float] = dict(settings.get("delay", {}))
         self.missing_images: set[str] = set(settings.get("missing_images", ()))
+        known = settings.get("known_images")
+        self.known_images: set[str] | None = None if known is None else set(known)
         self.ignore_stop: bool = bool(settings.get("ignore_stop", False))
         self.calls: Counter[str] = Counter()
         self._file = context.data_dir / "nodes.json"
@@ -85,10 +92,15 @@ class MemoryRuntime(Runtime):
     async def prepare(self, spec: NodeSpec) -> None:
         self.calls["prepare"] += 1
         await anyio.sleep(self.delay.get("prepare", 0))
-        if "prepare" in self.fail or spec.image in self.missing_images:
+        if "prepare" in self.fail or not self._has_image(spec.image):
             raise ImageUnavailable(
                 f"image {spec.image!r} for node {spec.id} is not available"
             )
+
+    def _has_image(self, image: str) -> bool:
+        if image in self.missing_images:
+            return False
+        return self.known_images is None or image in self.known_images
 
     async def create(self, spec: NodeSpec) -> None:
         nodes = await self._step("create", spec.id)
@@ -115,7 +127,7 @@ class MemoryRuntime(Runtime):
         if node["state"] == NodeState.STOPPED.value:
             return StopOutcome(clean=True)
         clean = True
-        if self.ignore_stop:
+        if self.ignore_stop or spec.options.get("ignore_stop"):
             await anyio.sleep(spec.grace_period)
             clean = False
         node["state"] = NodeState.STOPPED.value
@@ -137,7 +149,10 @@ class MemoryRuntime(Runtime):
 
     async def delete(self, node_id: str) -> None:
         nodes = await self._step("delete", node_id)
-        if nodes.pop(node_id, None) is not None:
+        node = nodes.get(node_id)
+        # Another host's node with this id is not this runtime's to remove.
+        if node is not None and node["host_id"] == self.context.host_id:
+            del nodes[node_id]
             self._dump(nodes)
 
     async def inspect(self, node_id: str) -> RuntimeNode | None:
