@@ -27,6 +27,7 @@ __all__ = [
     "find",
     "owned_containers",
     "ping",
+    "require",
     "snapshot",
     "start",
     "stop",
@@ -84,7 +85,8 @@ def _lookup(client: docker.DockerClient, name: str) -> Container | None:
         return None
 
 
-def _require(client: docker.DockerClient, node_id: str, host_id: str) -> Container:
+def require(client: docker.DockerClient, node_id: str, host_id: str) -> Container:
+    """The node's container on this host; ``RuntimeFailure`` naming it if absent."""
     container = find(client, node_id, host_id)
     if container is None:
         raise RuntimeFailure(
@@ -170,7 +172,7 @@ def _ensure_volume(client: docker.DockerClient, spec: NodeSpec) -> Volume:
 
 def start(client: docker.DockerClient, node_id: str, host_id: str) -> bool:
     """Start the node's container; return whether it was stopped before."""
-    container = _require(client, node_id, host_id)
+    container = require(client, node_id, host_id)
     if _describe.is_running(container):
         return False
     container.start()
@@ -183,7 +185,7 @@ def stop(client: docker.DockerClient, spec: NodeSpec) -> StopOutcome | None:
     The engine sends the container's stop signal, waits the grace period and
     then kills. docker-py adds the grace period to the request's timeout.
     """
-    container = _require(client, spec.id, spec.host_id)
+    container = require(client, spec.id, spec.host_id)
     if not _describe.is_running(container):
         return None
     grace = math.ceil(spec.grace_period)
@@ -248,7 +250,7 @@ def _remove_volume(client: docker.DockerClient, node_id: str, host_id: str) -> b
 
 def snapshot(client: docker.DockerClient, spec: NodeSpec, destination: Path) -> Path:
     """Write the stopped node's data path to a tar file under ``destination``."""
-    container = _require(client, spec.id, spec.host_id)
+    container = require(client, spec.id, spec.host_id)
     if _describe.is_running(container):
         raise RuntimeFailure(
             f"cannot snapshot node {spec.id}: container {container.name} is "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from nodevisor import (
@@ -14,9 +15,11 @@ from nodevisor import (
     RuntimeNode,
     StopOutcome,
 )
+from nodevisor._runtime import ExecResult  # not re-exported by nodevisor yet
 
 from . import _describe, _labels, _ops
 from ._engine import Engine
+from ._exec import run_exec
 from ._settings import DockerSettings
 
 __all__ = ["DockerRuntime"]
@@ -34,7 +37,7 @@ class DockerRuntime(Runtime):
     """
 
     name = "docker"
-    capabilities = Capabilities(snapshot=True, upgrade=True, exec=False)
+    capabilities = Capabilities(snapshot=True, upgrade=True, exec=True)
 
     def __init__(self, context: RuntimeContext) -> None:
         super().__init__(context)
@@ -87,6 +90,19 @@ class DockerRuntime(Runtime):
         path = await self._engine.run(what, _ops.snapshot, spec, destination)
         _log.info("node %s: snapshot written to %s", spec.id, path)
         return path
+
+    async def exec(
+        self,
+        spec: NodeSpec,
+        argv: Sequence[str],
+        timeout: float,  # noqa: ASYNC109
+    ) -> ExecResult:
+        spec = self._own(spec)
+        if not argv:
+            raise RuntimeFailure(f"cannot run an empty command in node {spec.id}")
+        result = await run_exec(self._engine, spec, argv, timeout)
+        _log.debug("node %s: %r exited with %s", spec.id, argv, result.exit_code)
+        return result
 
     async def delete(self, node_id: str) -> None:
         what = _about("remove", node_id, "and its volume")
