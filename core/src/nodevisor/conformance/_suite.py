@@ -1,0 +1,356 @@
+"""The checks every runtime must pass, as one pytest class to subclass."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from .._errors import Conflict, ImageUnavailable, RuntimeFailure
+from .._runtime import NodeSpec, NodeState, Runtime
+from ._bench import Bench, create_message, node_name, upgrade_message
+from ._harness import Harness
+
+__all__ = ["ConformanceSuite"]
+
+_CREATE = ["Installing", "Creating", "Stopped"]
+_START = ["Starting", "Running"]
+_STOP = ["Stopping", "Stopped"]
+_DELETE = ["Deleting", "Deleted"]
+_UPGRADE = ["Upgrading", "Upgraded", "Running"]
+_SNAPSHOT = ["Snapshotting", "Starting", "Running"]
+# Shell words that a runtime passing argv through a shell would mangle.
+_AWKWARD = 'it\'s $HOME; `true` | * "quoted" \\'
+_EXEC_TIMEOUT = 30.0
+
+
+def _skip_without(runtime: Runtime, capability: str) -> None:
+    if not getattr(runtime.capabilities, capability):
+        pytest.skip(f"runtime {runtime.name!r} declares no {capability} capability")
+
+
+async def _state(runtime: Runtime, node_id: str) -> NodeState:
+    found = await runtime.inspect(node_id)
+    return NodeState.ABSENT if found is None else found.state
+
+
+async def _running(runtime: Runtime, spec: NodeSpec) -> NodeSpec:
+    await runtime.prepare(spec)
+    await runtime.create(spec)
+    await runtime.start(spec)
+    return spec
+
+
+class ConformanceSuite:
+    """Subclass it as ``Test<YourRuntime>`` and give it a ``harness`` fixture."""
+
+    pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.anyio]
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    def harness(self) -> Harness:
+        raise pytest.UsageError(
+            f"{type(self).__name__} must define a `harness` fixture that returns "
+            "a nodevisor.conformance.Harness"
+        )
+
+    @pytest.fixture
+    async def conformance_bench(
+        self, anyio_backend: str, harness: Harness, tmp_path_factory
+    ) -> AsyncIterator[Bench]:
+        bench = Bench(harness, Path(tmp_path_factory.mktemp("conformance")))
+        try:
+            yield bench
+        finally:
+            await bench.aclose()
+
+    # the agent's state machine drives the runtime
+
+    async def test_lifecycle_reports_each_status(self, conformance_bench: Bench):
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        manager, node_id = bench.manager, bench.new_id()
+
+        await manager.create(node_id, create_message(node_name(node_id)))
+        created = await _state(runtime, node_id)
+        await manager.start(node_id)
+        started = await _state(runtime, node_id)
+        await manager.restart(node_id)
+        await manager.stop(node_id)
+        stopped = await _state(runtime, node_id)
+        await manager.delete(node_id)
+
+        assert (created, started, stopped) == (
+            NodeState.STOPPED,
+            NodeState.RUNNING,
+            NodeState.STOPPED,
+        )
+        expected = _CREATE + _START + _STOP + _START + _STOP + _DELETE
+        assert bench.statuses(node_id) == expected
+        assert await runtime.inspect(node_id) is None
+
+    async def test_upgrade_reports_each_status(self, conformance_bench: Bench):
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        _skip_without(runtime, "upgrade")
+        manager, node_id = bench.manager, bench.new_id()
+
+        await manager.create(node_id, create_message(node_name(node_id)))
+        await manager.start(node_id)
+        await manager.upgrade(node_id, upgrade_message())
+        upgraded = await runtime.inspect(node_id)
+        await manager.delete(node_id)
+
+        assert upgraded is not None
+        assert (upgraded.state, upgraded.image) == (
+            NodeState.RUNNING,
+            bench.harness.images[1],
+        )
+        expected = _CREATE + _START + _UPGRADE + _STOP + _DELETE
+        assert bench.statuses(node_id) == expected
+
+    async def test_snapshot_reports_each_status(self, conformance_bench: Bench):
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        _skip_without(runtime, "snapshot")
+        manager, node_id = bench.manager, bench.new_id()
+
+        await manager.create(node_id, create_message(node_name(node_id)))
+        await manager.snapshot(node_id)
+        after = await _state(runtime, node_id)
+
+        assert bench.statuses(node_id) == _CREATE + _SNAPSHOT
+        assert after is NodeState.RUNNING
+        written = [p for p in (bench.snapshot_dir / node_id).rglob("*") if p.is_file()]
+        assert written, f"no snapshot file of node {node_id} under the destination"
+
+    async def test_create_of_a_taken_name_conflicts(self, conformance_bench: Bench):
+        bench, manager = conformance_bench, conformance_bench.manager
+        first, second = bench.new_id(), bench.new_id()
+        name = node_name(first)
+
+        await manager.create(first, create_message(name))
+        with pytest.raises(Conflict, match=first):
+            await manager.create(second, create_message(name))
+
+        assert bench.statuses(second) == []
+        assert await bench.runtime.inspect(second) is None
+
+    async def test_create_of_an_existing_id_makes_no_second_node(
+        self, conformance_bench: Bench
+    ):
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        node_id = bench.new_id()
+
+        await bench.manager.create(node_id, create_message(node_name(node_id)))
+        again = await bench.manager.create(node_id, create_message("another-name"))
+        await runtime.create(bench.spec(node_id=node_id))
+
+        assert "exists already" in again
+        assert [n.id for n in await runtime.list_nodes()] == [node_id]
+
+    # every step may be repeated
+
+    async def test_start_of_a_running_node_succeeds(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        spec = await _running(runtime, conformance_bench.spec())
+
+        await runtime.start(spec)
+
+        assert await _state(runtime, spec.id) is NodeState.RUNNING
+
+    async def test_stop_twice_succeeds(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        spec = await _running(runtime, conformance_bench.spec())
+
+        first = await runtime.stop(spec)
+        second = await runtime.stop(spec)
+
+        assert first.clean, f"a normal node stopped uncleanly: {first.detail}"
+        assert second.clean
+        assert await _state(runtime, spec.id) is NodeState.STOPPED
+
+    async def test_delete_twice_succeeds(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        spec = await _running(runtime, conformance_bench.spec())
+
+        await runtime.delete(spec.id)
+        await runtime.delete(spec.id)
+
+        assert await runtime.inspect(spec.id) is None
+        assert await runtime.list_nodes() == []
+
+    async def test_delete_of_an_unknown_node_succeeds(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        node_id = conformance_bench.new_id()
+
+        await runtime.delete(node_id)
+
+        assert await runtime.inspect(node_id) is None
+
+    # chain data
+
+    async def test_data_survives_upgrade_and_goes_with_delete(
+        self, conformance_bench: Bench
+    ):
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        _skip_without(runtime, "upgrade")
+        harness, manager = bench.harness, bench.manager
+        node_id, marker = bench.new_id(), f"marker {uuid.uuid4()}"
+        await manager.create(node_id, create_message(node_name(node_id)))
+        await manager.start(node_id)
+        spec = bench.spec(node_id=node_id)
+
+        await harness.write_data(runtime, spec, "conformance.txt", marker)
+        before = await harness.read_data(runtime, spec, "conformance.txt")
+        await manager.upgrade(node_id, upgrade_message())
+        upgraded = bench.spec("2", node_id=node_id)
+        after = await harness.read_data(runtime, upgraded, "conformance.txt")
+        await manager.delete(node_id)
+        await _running(runtime, spec)
+        recreated = await harness.read_data(runtime, spec, "conformance.txt")
+
+        assert before == marker, "the harness cannot read back what it wrote"
+        assert after == marker, f"node {node_id} lost its data in the upgrade"
+        assert recreated is None, f"node {node_id} kept its data through delete"
+
+    # what happens outside the runtime
+
+    async def test_node_removed_out_of_band_is_absent(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        spec = await _running(runtime, conformance_bench.spec())
+
+        await conformance_bench.harness.remove_out_of_band(runtime, spec)
+        found = await runtime.inspect(spec.id)
+        listed = [n.id for n in await runtime.list_nodes()]
+        await runtime.delete(spec.id)
+
+        assert found is None, f"inspect still finds the removed node: {found}"
+        assert spec.id not in listed
+
+    async def test_new_instance_adopts_the_nodes(self, conformance_bench: Bench):
+        bench = conformance_bench
+        running = await _running(bench.runtime, bench.spec())
+        stopped = bench.spec()
+        await bench.runtime.create(stopped)
+
+        fresh = bench.open_runtime()
+        listed = {n.id: n.state for n in await fresh.list_nodes()}
+        found = await fresh.inspect(running.id)
+        await fresh.stop(running)
+        await fresh.delete(stopped.id)
+
+        assert listed == {running.id: NodeState.RUNNING, stopped.id: NodeState.STOPPED}
+        assert found is not None
+        assert (found.id, found.name, found.image) == (
+            running.id,
+            running.name,
+            running.image,
+        )
+        assert await _state(bench.runtime, running.id) is NodeState.STOPPED
+        assert await bench.runtime.inspect(stopped.id) is None
+
+    async def test_list_nodes_shows_only_its_own_host(self, conformance_bench: Bench):
+        bench = conformance_bench
+        spec = await _running(bench.runtime, bench.spec())
+
+        other = bench.open_runtime(bench.new_host_id())
+        listed = await other.list_nodes()
+        found = await other.inspect(spec.id)
+        await other.delete(spec.id)
+
+        assert listed == [], f"another host's runtime lists {listed}"
+        assert found is None
+        assert await _state(bench.runtime, spec.id) is NodeState.RUNNING
+
+    # stop and the grace period
+
+    async def test_stop_honours_the_grace_period(self, conformance_bench: Bench):
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        if bench.harness.stubborn_node is None:
+            pytest.skip(
+                f"the harness of runtime {runtime.name!r} sets no stubborn_node"
+            )
+        spec = await _running(runtime, bench.spec(**bench.harness.stubborn_node))
+
+        began = time.monotonic()
+        outcome = await runtime.stop(spec)
+        elapsed = time.monotonic() - began
+
+        assert elapsed >= spec.grace_period * 0.9, (
+            f"node {spec.id} was killed after {elapsed:.2f}s, before its grace "
+            f"period of {spec.grace_period:g}s"
+        )
+        assert not outcome.clean, f"a killed node stopped cleanly: {outcome}"
+        assert outcome.detail, "an unclean stop carries no detail"
+        assert await _state(runtime, spec.id) is NodeState.STOPPED
+
+    # errors a person can act on
+
+    async def test_start_of_an_unknown_node_names_it(self, conformance_bench: Bench):
+        spec = conformance_bench.spec()
+
+        with pytest.raises(RuntimeFailure) as raised:
+            await conformance_bench.runtime.start(spec)
+
+        assert spec.id in str(raised.value)
+
+    async def test_prepare_of_a_missing_image_names_it(self, conformance_bench: Bench):
+        image = f"nodevisor-conformance/no-such-image:{uuid.uuid4().hex[:12]}"
+        spec = conformance_bench.spec(image=image)
+
+        with pytest.raises(ImageUnavailable) as raised:
+            await conformance_bench.runtime.prepare(spec)
+
+        assert image in str(raised.value)
+
+    # exec
+
+    async def test_exec_passes_argv_without_a_shell(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        _skip_without(runtime, "exec")
+        spec = await _running(runtime, conformance_bench.spec())
+        argv = ["sh", "-c", 'printf "%s|%s" "$0" "$1"', _AWKWARD, "two words"]
+
+        result = await runtime.exec(spec, argv, _EXEC_TIMEOUT)
+
+        assert (result.exit_code, result.stdout) == (0, f"{_AWKWARD}|two words")
+
+    async def test_exec_failure_is_a_result(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        _skip_without(runtime, "exec")
+        spec = await _running(runtime, conformance_bench.spec())
+        argv = ["sh", "-c", 'printf out; printf "%s" "$0" >&2; exit 3', "err"]
+
+        result = await runtime.exec(spec, argv, _EXEC_TIMEOUT)
+
+        assert (result.exit_code, result.stdout, result.stderr) == (3, "out", "err")
+
+    async def test_exec_past_its_timeout_fails(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        _skip_without(runtime, "exec")
+        spec = await _running(runtime, conformance_bench.spec())
+        spin = ["sh", "-c", "while :; do :; done"]
+
+        began = time.monotonic()
+        with pytest.raises(RuntimeFailure) as raised:
+            await runtime.exec(spec, spin, 1.0)
+        elapsed = time.monotonic() - began
+
+        assert spec.id in str(raised.value)
+        assert elapsed < 1.0 + _EXEC_TIMEOUT, f"exec ran {elapsed:.1f}s past 1s"
+
+    async def test_exec_of_a_missing_program_fails(self, conformance_bench: Bench):
+        runtime = conformance_bench.runtime
+        _skip_without(runtime, "exec")
+        spec = await _running(runtime, conformance_bench.spec())
+        program = f"no-such-program-{uuid.uuid4().hex[:8]}"
+
+        with pytest.raises(RuntimeFailure) as raised:
+            await runtime.exec(spec, [program], _EXEC_TIMEOUT)
+
+        assert program in str(raised.value)
