@@ -19,9 +19,9 @@ import anyio.to_thread
 from blockjoy.api.v1 import common_pb2, node_pb2
 
 from .._catalogue import Catalogue
-from .._nodes import NodeManager, StoreRunner
+from .._nodes import NodeManager
 from .._runtime import NodeSpec, Runtime, RuntimeContext
-from .._store import NodeRecord, Store
+from .._store import NodeRecord, Store, StoreRunner
 from ._harness import Harness
 from ._toml import toml_value
 
