@@ -20,11 +20,12 @@ from ._errors import ExitCode
 from ._hostinfo import host_info
 from ._messages import command_result, host_update, node_update
 from ._nodes import NodeManager
+from ._outbox import Outbox
 from ._plugins import PluginManager
 from ._runtime import Runtime, RuntimeContext
 from ._states import NodeStatus
 from ._store import NodeRecord, Store, StoreRunner
-from ._stream import CommandStream, Outbox
+from ._stream import CommandStream
 
 __all__ = ["Agent", "load_runtimes"]
 
@@ -73,7 +74,7 @@ class Agent:
         self.credentials = Credentials.load(config.data_dir)
         self.plugins = plugins or _loaded_plugins()
         self.catalogue = Catalogue.load(config.catalogue_dirs)
-        self.outbox = Outbox()
+        self.outbox: Outbox | None = None
         self.stream: CommandStream | None = None
         #: Set once the stream exists; then ``stream.connected`` tells more.
         self.started = anyio.Event()
@@ -84,14 +85,17 @@ class Agent:
         async with AsyncExitStack() as stack:
             self._observers = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._observers.cancel_scope.cancel)
-            db = StoreRunner(Store(self.config.data_dir / "state.db"))
-            stack.callback(db.store.close)
+            store = Store(self.config.data_dir / "state.db")
+            stack.callback(store.close)
+            db = await stack.enter_async_context(StoreRunner(store))
+            self.outbox = Outbox(db)
+            await self.outbox.load()
             nodes = await self._node_manager(stack, db)
             dispatcher = await stack.enter_async_context(
                 Dispatcher(
                     nodes=nodes,
                     db=db,
-                    emit=self.outbox.put,
+                    emit=self._emit,
                     host_info=self._host_info,
                     finished=self._command_finished,
                 )
@@ -139,7 +143,7 @@ class Agent:
             code = int(ExitCode.INTERNAL_ERROR)
             await db.write(db.store.finish_command, record.id, code, why)
             log.warning("command %s (%s) was interrupted", record.id, record.kind)
-            self.outbox.put(command_result(record.id, code, why))
+            self._emit(command_result(record.id, code, why))
 
     async def _greeting(self, nodes: NodeManager) -> list[command_flow_pb2.InfoUpdate]:
         updates = [host_update(await self._host_info())]
@@ -165,8 +169,12 @@ class Agent:
                 status.error = plugin.error
         return info
 
+    def _emit(self, update: command_flow_pb2.InfoUpdate) -> None:
+        assert self.outbox is not None
+        self.outbox.put(update)
+
     def _report(self, node: NodeRecord) -> None:
-        self.outbox.put(node_update(node))
+        self._emit(node_update(node))
         previous = self._statuses.get(node.id, NodeStatus.UndefinedContainerStatus)
         self._statuses[node.id] = node.status
         if previous is not node.status:

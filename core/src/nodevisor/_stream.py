@@ -7,66 +7,43 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import grpc
 
-from blockjoy.api.v1 import command_flow_pb2, command_flow_pb2_grpc
+from blockjoy.api.v1 import command_flow_pb2
 
 from ._credentials import Credentials
+from ._outbox import MAX_MESSAGE_BYTES, Outbox
 
-__all__ = ["Backoff", "CommandStream", "Outbox"]
+__all__ = ["CHANNEL_OPTIONS", "Backoff", "CommandStream"]
 
 log = logging.getLogger(__name__)
 
 InfoUpdate = command_flow_pb2.InfoUpdate
+Command = command_flow_pb2.Command
 
-#: Channel options: keepalive pings that a default gRPC server accepts (one
-#: every 30 s, only while a call is open), and message size limits.
+_METHOD = command_flow_pb2.DESCRIPTOR.services_by_name["CommandFlow"].methods_by_name[
+    "Commands"
+]
+_PATH = f"/{_METHOD.containing_service.full_name}/{_METHOD.name}"
+
+#: Keepalive pings every 30 s while the stream is open (a default gRPC server
+#: accepts that much), a silent peer given 10 s to answer; messages up to the
+#: same size limit the control plane uses. No deadline: the stream lives on.
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_send_message_length", 4 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 
 
-class Outbox:
-    """Updates waiting to be written to the stream, oldest first."""
-
-    def __init__(self) -> None:
-        self._items: deque[InfoUpdate] = deque()
-        self._ready = anyio.Event()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, update: InfoUpdate) -> None:
-        self._items.append(update)
-        self._ready.set()
-
-    def put_first(self, updates: Iterable[InfoUpdate]) -> None:
-        self._items.extendleft(reversed(list(updates)))
-        if self._items:
-            self._ready.set()
-
-    async def peek(self) -> InfoUpdate:
-        while not self._items:
-            self._ready = anyio.Event()
-            await self._ready.wait()
-        return self._items[0]
-
-    def done(self, update: InfoUpdate) -> None:
-        if self._items and self._items[0] is update:
-            self._items.popleft()
-
-
 class Backoff:
-    """Exponential delays with full jitter, capped; reset after a good stream."""
+    """Exponential delays with jitter, capped; reset after a good stream."""
 
     def __init__(self, initial: float = 0.5, cap: float = 30.0) -> None:
         self.initial, self.cap = initial, cap
@@ -84,8 +61,9 @@ class Backoff:
 class CommandStream:
     """Holds one ``CommandFlow.Commands`` stream open, reconnecting as needed.
 
-    ``greeting`` is called on every connect; its updates (HostInfo and every
-    NodeInfo) go out before anything else waiting in the outbox.
+    Each new stream, on a new channel, first carries every update the control
+    plane has not confirmed, then ``greeting()`` (HostInfo and every
+    NodeInfo, made afresh), then whatever comes next.
     """
 
     #: A stream that stayed up this long resets the backoff.
@@ -96,15 +74,17 @@ class CommandStream:
         *,
         credentials: Credentials,
         outbox: Outbox,
-        on_command: Callable[[command_flow_pb2.Command], None],
+        on_command: Callable[[Command], None],
         greeting: Callable[[], Awaitable[list[InfoUpdate]]],
         backoff: Backoff | None = None,
+        options: tuple[tuple[str, int], ...] = CHANNEL_OPTIONS,
     ) -> None:
         self.credentials = credentials
         self.outbox = outbox
         self._on_command = on_command
         self._greeting = greeting
         self._backoff = backoff or Backoff()
+        self._options = options
         self.connected = anyio.Event()
 
     async def run(self) -> None:
@@ -113,7 +93,7 @@ class CommandStream:
             opened = time.monotonic()
             try:
                 await self._session()
-                log.warning("control plane closed the stream")
+                log.warning("the control plane closed the stream")
             except grpc.aio.AioRpcError as exc:
                 log.warning(
                     "stream to %s failed: %s: %s",
@@ -130,12 +110,13 @@ class CommandStream:
 
     async def _session(self) -> None:
         target = self.credentials.api_url
-        async with grpc.aio.insecure_channel(
-            target, options=CHANNEL_OPTIONS
-        ) as channel:
-            stub = command_flow_pb2_grpc.CommandFlowStub(channel)
-            call = stub.Commands(metadata=self.credentials.metadata)
-            self.outbox.put_first(await self._greeting())
+        async with grpc.aio.insecure_channel(target, options=self._options) as channel:
+            commands = channel.stream_stream(
+                _PATH,
+                request_serializer=bytes,
+                response_deserializer=Command.FromString,
+            )
+            call = commands(metadata=self.credentials.metadata)
             writer = asyncio.create_task(self._write(call), name="stream writer")
             try:
                 await self._read(call)
@@ -152,16 +133,23 @@ class CommandStream:
             command = await call.read()
             if command is grpc.aio.EOF:
                 return
+            if command.WhichOneof("type") == "received":
+                self.outbox.confirm(command.received.up_to)
+                continue
             self._on_command(command)
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
-        while True:
-            update = await self.outbox.peek()
-            try:
-                await call.write(update)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
-                # The reader sees the same failure and ends the session; the
-                # update stays first in the outbox for the next stream.
-                log.debug("write failed, keeping the update: %r", exc)
-                return
-            self.outbox.done(update)
+        try:
+            backlog = self.outbox.rewind()
+            for _ in range(backlog):
+                await call.write(await self.outbox.next())
+                self.outbox.sent()
+            for update in await self._greeting():
+                await call.write(update.SerializeToString())
+            while True:
+                await call.write(await self.outbox.next())
+                self.outbox.sent()
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+            # The reader sees the same failure and ends the session; what was
+            # not confirmed goes out again on the next stream.
+            log.debug("writing to the stream failed: %r", exc)

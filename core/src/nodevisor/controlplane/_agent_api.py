@@ -130,6 +130,8 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
                 await record(self._db, self._hub, session.host_id, update)
             except Exception:
                 log.exception("could not record an update of host %s", session.host_id)
+                continue
+            session.stored(update.seq)
 
     async def _send(self, session: Session, context: grpc.aio.ServicerContext) -> None:
         # Every unfinished command goes out once per stream, in queue order:
@@ -144,8 +146,17 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
                 await self._db.call(self._db.mark_sent, command_id)
                 log.debug("sent command %s to host %s", command_id, session.host_id)
                 last = seq
+            await self._confirm(session, context)
             await session.wake.wait()
             session.wake.clear()
+
+    @staticmethod
+    async def _confirm(session: Session, context: grpc.aio.ServicerContext) -> None:
+        up_to = session.stored_up_to
+        if up_to > session.confirmed_up_to:
+            received = command_flow_pb2.UpdatesReceived(up_to=up_to)
+            await context.write(command_flow_pb2.Command(received=received))
+            session.confirmed_up_to = up_to
 
     @staticmethod
     async def _cancel_when_ended(session: Session, scope: anyio.CancelScope) -> None:

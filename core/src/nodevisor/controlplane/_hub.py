@@ -45,10 +45,19 @@ class Session:
         self.done = asyncio.Event()
         self.end_status = grpc.StatusCode.OK
         self.end_details = ""
+        #: The highest update number stored, and the highest confirmed.
+        self.stored_up_to = 0
+        self.confirmed_up_to = 0
 
     def __repr__(self) -> str:
         state = "ended" if self.ended.is_set() else "open"
         return f"<Session host={self.host_id} {state}>"
+
+    def stored(self, seq: int) -> None:
+        """The update numbered ``seq`` is stored; the sender confirms it."""
+        if seq > self.stored_up_to:
+            self.stored_up_to = seq
+            self.wake.set()
 
     def end(self, status: grpc.StatusCode, details: str) -> None:
         """Ask the stream to close with ``status``."""

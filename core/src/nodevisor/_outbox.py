@@ -1,0 +1,124 @@
+"""Updates on their way to the control plane, kept until it confirms them.
+
+Every update is serialised once, written to the store's outbox table, and
+sent only after that write is committed; its row number is its sequence
+number (``InfoUpdate.seq``). The control plane confirms what it stored with
+``UpdatesReceived{up_to}``; confirmed updates leave the outbox. A new stream
+sends every unconfirmed update again, oldest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+
+import anyio
+
+from blockjoy.api.v1 import command_flow_pb2
+
+from ._store import StoreRunner
+
+__all__ = ["MAX_MESSAGE_BYTES", "Outbox"]
+
+log = logging.getLogger(__name__)
+
+#: The largest message either side sends or accepts.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class _Entry:
+    payload: bytes
+    written: asyncio.Future[int]
+
+    @property
+    def seq(self) -> int | None:
+        if self.written.done() and self.written.exception() is None:
+            return self.written.result()
+        return None
+
+
+class Outbox:
+    def __init__(self, db: StoreRunner) -> None:
+        self._db = db
+        self._entries: deque[_Entry] = deque()
+        self._cursor = 0
+        self._ready = anyio.Event()
+
+    def __len__(self) -> int:
+        """How many updates wait for the control plane's confirmation."""
+        return len(self._entries)
+
+    async def load(self) -> None:
+        """Take up the updates a previous run left unconfirmed."""
+        loop = asyncio.get_running_loop()
+        for seq, payload in await self._db(self._db.store.outbox):
+            written: asyncio.Future[int] = loop.create_future()
+            written.set_result(seq)
+            self._entries.append(_Entry(bytes(payload), written))
+        if self._entries:
+            log.info("%d unconfirmed updates from the last run", len(self._entries))
+
+    def put(self, update: command_flow_pb2.InfoUpdate) -> None:
+        """Queue an update. One that cannot be built or is too large is dropped."""
+        try:
+            payload = update.SerializeToString()
+        except Exception:  # one broken update must not stop the others
+            log.exception("cannot serialise an update; dropping it")
+            return
+        if len(payload) > MAX_MESSAGE_BYTES:
+            log.error(
+                "dropping a %s update of %d bytes: over the %d-byte message limit",
+                update.WhichOneof("info"),
+                len(payload),
+                MAX_MESSAGE_BYTES,
+            )
+            return
+        written = self._db.write_nowait(self._db.store.outbox_add, payload)
+        self._entries.append(_Entry(payload, written))
+        self._ready.set()
+
+    def rewind(self) -> int:
+        """Start over for a new stream; how many updates it must send again."""
+        self._cursor = 0
+        return len(self._entries)
+
+    async def next(self) -> bytes:
+        """The next update to send, with its number, once it is durable."""
+        while True:
+            while self._cursor >= len(self._entries):
+                self._ready = anyio.Event()
+                await self._ready.wait()
+            entry = self._entries[self._cursor]
+            try:
+                seq = await asyncio.shield(entry.written)
+            except Exception as exc:  # not durable: send it once, unnumbered
+                log.error("an update could not be stored (%r); sending it anyway", exc)
+                seq = 0
+            return entry.payload + _numbered(seq)
+
+    def sent(self) -> None:
+        """The update ``next`` returned went out on the stream."""
+        entry = self._entries[self._cursor]
+        if entry.seq is None:
+            del self._entries[self._cursor]  # unnumbered: nothing will confirm it
+            return
+        self._cursor += 1
+
+    def confirm(self, up_to: int) -> None:
+        """The control plane stored every update up to ``up_to``."""
+        while self._entries:
+            seq = self._entries[0].seq
+            if seq is None or seq > up_to:
+                break
+            self._entries.popleft()
+            self._cursor = max(0, self._cursor - 1)
+        self._db.write_nowait(self._db.store.outbox_confirm, up_to)
+
+
+def _numbered(seq: int) -> bytes:
+    # Serialised messages concatenate as a merge, so appending the encoded
+    # seq field numbers an update without serialising it again.
+    return command_flow_pb2.InfoUpdate(seq=seq).SerializeToString()

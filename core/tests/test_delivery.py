@@ -1,0 +1,78 @@
+"""Delivery across a control plane restart: nothing lost, everything confirmed."""
+
+import socket
+import uuid
+
+import anyio
+import pytest
+
+from blockjoy.api.v1 import node_pb2
+from nodevisor._agent import Agent
+from nodevisor._config import AgentConfig
+from nodevisor._provision import provision
+from nodevisor.controlplane.testing import running_control_plane
+
+from .test_agent import create, node_command, updates
+
+pytestmark = pytest.mark.anyio
+
+
+def free_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def eventually(check, seconds=20.0):
+    with anyio.fail_after(seconds):
+        for _ in range(100_000):
+            if await check():
+                return
+            await anyio.sleep(0.05)
+
+
+async def test_a_result_made_while_the_control_plane_was_down_arrives(
+    tmp_path, catalogue_dir
+):
+    address, cp_dir = free_address(), tmp_path / "cp"
+    config = AgentConfig(
+        data_dir=tmp_path / "agent",
+        runtime="memory",
+        catalogue=[catalogue_dir],
+        runtimes={"memory": {"delay": {"create": 1.5}}},
+    )
+    node_id = str(uuid.uuid4())
+    async with running_control_plane(cp_dir, listen=address) as cp:
+        otp = await cp.admin.create_otp()
+        host = (await provision(config, otp, address)).host_id
+    agent = Agent(config)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(agent.run)
+        async with running_control_plane(cp_dir, listen=address) as cp:
+            await cp.admin.queue_command(host, create(node_id))
+            await eventually(lambda: _acked(cp, host))
+        # the control plane is down while the create finishes
+        await anyio.sleep(2)
+        assert len(agent.outbox) >= 2  # Stopped and the result, unconfirmed
+        async with running_control_plane(cp_dir, listen=address) as cp:
+            await eventually(lambda: _finished(cp, host))
+            [command] = await cp.admin.list_commands(host)
+            assert command.exit_code == 0 and "created" in command.response
+            [node] = await cp.admin.list_nodes(host)
+            assert node.info.container_status == node_pb2.NodeInfo.Stopped
+            start = node_command(node_id, start=node_pb2.NodeStart())
+            assert (await updates(cp, host, start))[-1] == ("result", 0)
+            await eventually(lambda: _confirmed(agent))
+        tasks.cancel_scope.cancel()
+
+
+async def _acked(cp, host):
+    return any(c.state >= 3 for c in await cp.admin.list_commands(host))
+
+
+async def _finished(cp, host):
+    return all(c.HasField("exit_code") for c in await cp.admin.list_commands(host))
+
+
+async def _confirmed(agent):
+    return len(agent.outbox) == 0

@@ -1,0 +1,95 @@
+"""The durable outbox: numbered, kept until confirmed, sent again in order."""
+
+import pytest
+
+from blockjoy.api.v1 import command_flow_pb2, common_pb2
+from nodevisor._outbox import MAX_MESSAGE_BYTES, Outbox
+from nodevisor._store import Store, StoreRunner
+
+pytestmark = pytest.mark.anyio
+
+
+def result(n: int) -> command_flow_pb2.InfoUpdate:
+    info = command_flow_pb2.CommandInfo(
+        id=common_pb2.Uuid(value=f"c-{n}"), exit_code=0, response="ok"
+    )
+    return command_flow_pb2.InfoUpdate(command=info)
+
+
+def parse(payload: bytes) -> tuple[int, str]:
+    update = command_flow_pb2.InfoUpdate.FromString(payload)
+    return update.seq, update.command.id.value
+
+
+async def take(outbox: Outbox, count: int) -> list[tuple[int, str]]:
+    taken = []
+    for _ in range(count):
+        taken.append(parse(await outbox.next()))
+        outbox.sent()
+    return taken
+
+
+async def test_updates_are_numbered_in_order_and_kept_until_confirmed(tmp_path):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        for n in range(3):
+            outbox.put(result(n))
+        first = await take(outbox, 3)
+        assert [name for _, name in first] == ["c-0", "c-1", "c-2"]
+        seqs = [seq for seq, _ in first]
+        assert seqs == sorted(seqs) and seqs[0] > 0
+
+        # a new stream sends every unconfirmed update again
+        assert outbox.rewind() == 3
+        assert await take(outbox, 3) == first
+
+        outbox.confirm(seqs[1])
+        assert len(outbox) == 1
+        assert outbox.rewind() == 1
+        assert await take(outbox, 1) == first[2:]
+    db.store.close()
+
+
+async def test_unconfirmed_updates_survive_a_restart(tmp_path):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        for n in range(4):
+            outbox.put(result(n))
+        sent = await take(outbox, 4)
+        outbox.confirm(sent[0][0])
+    db.store.close()
+
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        again = Outbox(db)
+        await again.load()
+        assert again.rewind() == 3
+        assert await take(again, 3) == sent[1:]
+    db.store.close()
+
+
+async def test_an_oversize_update_is_dropped_locally(tmp_path, caplog):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        huge = command_flow_pb2.InfoUpdate(
+            command=command_flow_pb2.CommandInfo(response="x" * (MAX_MESSAGE_BYTES + 1))
+        )
+        outbox.put(huge)
+        outbox.put(result(1))
+        assert len(outbox) == 1
+        assert "over the 4194304-byte message limit" in caplog.text
+        assert [name for _, name in await take(outbox, 1)] == ["c-1"]
+    db.store.close()
+
+
+async def test_an_update_that_cannot_be_built_is_dropped(tmp_path, caplog):
+    class Broken:
+        def SerializeToString(self):
+            raise ValueError("half-built")
+
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        outbox.put(Broken())
+        outbox.put(result(2))
+        assert len(outbox) == 1
+        assert "cannot serialise an update" in caplog.text
+    db.store.close()
