@@ -32,6 +32,7 @@ from ._hookspecs import hookimpl, hookspec
 from ._runtime import (
     CONTRACT_VERSION,
     Capabilities,
+    ExecResult,
     NodeSpec,
     NodeState,
     Runtime,
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "CredentialsError",
+    "ExecResult",
     "ExitCode",
     "ImageUnavailable",
     "InvalidArgument",

@@ -16,8 +16,7 @@ import anyio
 import docker
 from docker.types import CancellableStream
 
-from nodevisor import NodeSpec, RuntimeFailure
-from nodevisor._runtime import ExecResult  # not re-exported by nodevisor yet
+from nodevisor import ExecResult, NodeSpec, RuntimeFailure
 
 from . import _describe, _ops
 from ._engine import Engine

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nodevisor import (
     Capabilities,
+    ExecResult,
     NodeSpec,
     Runtime,
     RuntimeContext,
@@ -15,7 +16,6 @@ from nodevisor import (
     RuntimeNode,
     StopOutcome,
 )
-from nodevisor._runtime import ExecResult  # not re-exported by nodevisor yet
 
 from . import _describe, _labels, _ops
 from ._engine import Engine
