@@ -22,6 +22,7 @@ from ._messages import command_result, host_update, node_update
 from ._nodes import NodeManager
 from ._outbox import Outbox
 from ._plugins import PluginManager
+from ._reconcile import Reconciler
 from ._runtime import Runtime, RuntimeContext
 from ._states import NodeStatus
 from ._store import NodeRecord, Store, StoreRunner
@@ -78,10 +79,12 @@ class Agent:
         self.stream: CommandStream | None = None
         #: Set once the stream exists; then ``stream.connected`` tells more.
         self.started = anyio.Event()
+        self.reconciler: Reconciler | None = None
         self._statuses: dict[str, NodeStatus] = {}
         self._observers: TaskGroup | None = None
 
-    async def run(self) -> None:
+    async def run(self, stop: anyio.Event | None = None) -> None:
+        """Serve until ``stop`` is set (then drain) or the task is cancelled."""
         async with AsyncExitStack() as stack:
             self._observers = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._observers.cancel_scope.cancel)
@@ -101,19 +104,48 @@ class Agent:
                 )
             )
             await self._close_interrupted(db)
-            self.stream = CommandStream(
-                credentials=self.credentials,
-                outbox=self.outbox,
-                on_command=dispatcher.submit,
-                greeting=lambda: self._greeting(nodes),
-            )
-            self.started.set()
-            log.info(
-                "agent for host %s starting, runtime %r",
-                self.credentials.host_id,
-                self.config.runtime,
-            )
-            await self.stream.run()
+            await self._serve(nodes, dispatcher, stop or anyio.Event())
+
+    async def _serve(
+        self, nodes: NodeManager, dispatcher: Dispatcher, stop: anyio.Event
+    ) -> None:
+        assert self.outbox is not None
+        self.stream = CommandStream(
+            credentials=self.credentials,
+            outbox=self.outbox,
+            on_command=dispatcher.submit,
+            greeting=lambda: self._greeting(nodes),
+        )
+        self.reconciler = Reconciler(
+            nodes,
+            dispatcher,
+            interval=self.config.reconcile_interval,
+            attempts=self.config.reconcile_attempts,
+        )
+        self.started.set()
+        log.info(
+            "agent for host %s starting, runtime %r",
+            self.credentials.host_id,
+            self.config.runtime,
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self.stream.run)
+            tasks.start_soon(self.reconciler.run)
+            await stop.wait()
+            await self._drain(dispatcher)
+            tasks.cancel_scope.cancel()
+
+    async def _drain(self, dispatcher: Dispatcher) -> None:
+        """Take no new commands; give running ones and their results time."""
+        assert self.outbox is not None
+        dispatcher.closed = True
+        grace = self.config.shutdown_grace
+        log.info("stopping: new commands are refused; waiting up to %gs", grace)
+        with anyio.move_on_after(grace):
+            await dispatcher.wait_idle()
+            await self.outbox.wait_empty()
+        if dispatcher.busy:
+            log.warning("stopping with commands still running; they are recorded")
 
     async def _node_manager(
         self, stack: AsyncExitStack, db: StoreRunner

@@ -55,13 +55,24 @@ def run_command(config_path: Path | None) -> None:
 
 
 async def _serve(agent: Agent) -> None:
+    """Run until SIGTERM or SIGINT, then drain; a second signal stops at once."""
+    stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(agent.run)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for received in signals:
-                log.info("received %s; stopping", signal.Signals(received).name)
-                tasks.cancel_scope.cancel()
+        tasks.start_soon(_watch_signals, stop, tasks.cancel_scope)
+        await agent.run(stop)
+        tasks.cancel_scope.cancel()
+
+
+async def _watch_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for received in signals:
+            name = signal.Signals(received).name
+            if stop.is_set():
+                log.warning("received %s again; stopping now", name)
+                scope.cancel()
                 return
+            log.info("received %s; finishing running commands, then stopping", name)
+            stop.set()
 
 
 @agent.command("plugins")

@@ -54,6 +54,10 @@ class AgentConfig(BaseSettings):
     runtimes: dict[str, dict[str, Any]] = {}
     #: Seconds that running commands get to finish when the agent stops.
     shutdown_grace: float = pydantic.Field(30.0, ge=0)
+    #: Seconds between two passes of the reconciler.
+    reconcile_interval: float = pydantic.Field(15.0, gt=0)
+    #: Failed attempts to converge a node before it is reported failed.
+    reconcile_attempts: int = pydantic.Field(5, ge=1)
 
     @property
     def catalogue_dirs(self) -> list[Path]:

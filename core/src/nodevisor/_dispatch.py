@@ -34,6 +34,7 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger(__name__)
 
 Emit = Callable[[command_flow_pb2.InfoUpdate], None]
+_Item = command_flow_pb2.Command | Callable[[], Awaitable[None]]
 HOST_LANE = "host"
 
 _HOST_UNSUPPORTED = {
@@ -59,7 +60,9 @@ class Dispatcher:
         self._emit = emit
         self._host_info = host_info
         self._finished = finished
-        self._lanes: dict[str, deque[command_flow_pb2.Command]] = {}
+        self._lanes: dict[str, deque[_Item]] = {}
+        #: Once set, new commands are not taken (the agent is stopping).
+        self.closed = False
         self._tasks: TaskGroup | None = None
         self._idle = anyio.Event()
         self._idle.set()
@@ -83,6 +86,17 @@ class Dispatcher:
         """Return once no command is queued or running."""
         await self._idle.wait()
 
+    def run_in_lane(self, node_id: str, job: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``job`` in the node's lane if the lane is idle; whether it will.
+
+        The reconciler acts through this, so that it never overlaps a command
+        for the same node and leaves a node with queued commands alone.
+        """
+        if node_id in self._lanes or self.closed:
+            return False
+        self._open_lane(node_id, job)
+        return True
+
     def submit(self, command: command_flow_pb2.Command) -> None:
         """Queue a command on its node's lane. Never blocks."""
         kind = command.WhichOneof("type")
@@ -96,12 +110,18 @@ class Dispatcher:
                 )
             )
             return
+        if self.closed:
+            log.info("stopping: not taking a %s command; it will be sent again", kind)
+            return
         lane = command.node.id.value if kind == "node" else HOST_LANE
         queue = self._lanes.get(lane)
         if queue is not None:
             queue.append(command)
             return
-        self._lanes[lane] = deque([command])
+        self._open_lane(lane, command)
+
+    def _open_lane(self, lane: str, item: _Item) -> None:
+        self._lanes[lane] = deque([item])
         if self._idle.is_set():
             self._idle = anyio.Event()
         assert self._tasks is not None, "use the dispatcher inside 'async with'"
@@ -111,7 +131,11 @@ class Dispatcher:
         queue = self._lanes[lane]
         try:
             while queue:
-                await self._execute(queue[0])
+                item = queue[0]
+                if isinstance(item, command_flow_pb2.Command):
+                    await self._execute(item)
+                else:
+                    await item()
                 queue.popleft()
         finally:
             del self._lanes[lane]
@@ -141,7 +165,12 @@ class Dispatcher:
             "command %s (%s) for %s: started", command_id, kind, node_id or "host"
         )
 
-        code, response = await self._outcome(command)
+        try:
+            code, response = await self._outcome(command)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._interrupted(command_id)
+            raise
 
         # Queued, not awaited: the result's outbox entry commits in the same or a
         # later batch, so the result is durable before it is sent. Until then a
@@ -161,6 +190,16 @@ class Dispatcher:
                 exit_code=int(code),
                 response=response,
             )
+
+    async def _interrupted(self, command_id: str) -> None:
+        why = (
+            "interrupted: the agent stopped before the command finished; the "
+            "node is brought back to its expected state when the agent restarts"
+        )
+        code = int(ExitCode.INTERNAL_ERROR)
+        await self._db.write(self._db.store.finish_command, command_id, code, why)
+        log.warning("command %s interrupted by the agent stopping", command_id)
+        self._emit(command_result(command_id, code, why))
 
     async def _answered_before(self, command_id: str) -> bool:
         record = await self._db(self._db.store.command, command_id)

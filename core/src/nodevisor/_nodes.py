@@ -12,6 +12,7 @@ methods need no lock of their own.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -23,7 +24,7 @@ import anyio
 
 from blockjoy.api.v1 import node_pb2
 
-from ._catalogue import Catalogue, Release
+from ._catalogue import Catalogue, Release, parse_url
 from ._errors import (
     Conflict,
     InvalidArgument,
@@ -34,7 +35,7 @@ from ._errors import (
     ServiceNotReady,
     UpgradeFailed,
 )
-from ._runtime import NodeSpec, NodeState, Runtime
+from ._runtime import NodeSpec, NodeState, Runtime, RuntimeNode
 from ._states import NodeStatus, check_transition
 from ._store import NodeRecord, StoreRunner
 
@@ -316,18 +317,19 @@ class NodeManager:
                 f"upgrade of node {node_id} to {release.url} failed before the node "
                 f"was touched; it keeps running {node.url}: {exc}"
             ) from exc
-        node = await self._move(node, S.Upgrading)
+        journal = json.dumps({"op": "upgrade", "from": node.version, "to": new.version})
+        node = await self._move(node.replace(journal=journal), S.Upgrading)
         try:
             await runtime.stop(old)
             await runtime.upgrade(old, new)
         except RuntimeFailure as exc:
-            await self._roll_back(node, runtime, old, new, exc)
+            await self._roll_back(node.replace(journal=None), runtime, old, new, exc)
             raise UpgradeFailed(
                 f"upgrade of node {node_id} to {release.url} failed and was rolled "
                 f"back to {node.url}: {exc}"
             ) from exc
         node = await self._save(
-            node.replace(version=release.version, status=S.Upgraded),
+            node.replace(version=release.version, status=S.Upgraded, journal=None),
             f"Upgrading -> Upgraded ({release.url})",
         )
         await self._guarded(node, runtime, runtime.start(new))
@@ -406,12 +408,141 @@ class NodeManager:
             self._report(node)
         return f"node {node_id} is {node.status.name}"
 
+    # recovery: what the reconciler asks for, one node at a time
+
+    async def get(self, node_id: str) -> NodeRecord | None:
+        return await self._db(self._store.node, node_id)
+
+    async def known_ids(self) -> set[str]:
+        """Every node id in the store, deleted ones included."""
+        every = await self._db(lambda: self._store.nodes(include_deleted=True))
+        return {node.id for node in every}
+
+    async def adopt(self, runtime: Runtime, found: RuntimeNode) -> NodeRecord:
+        """Record a node the runtime owns but the store does not know.
+
+        The node is kept as it is found: nothing is started, stopped or removed.
+        """
+        protocol, version = _split_url(found.url)
+        name = found.name or found.id
+        if await self._db(self._store.node_named, name) is not None:
+            name = f"{name}-{found.id[:8]}"
+        status = S.Running if found.state is NodeState.RUNNING else S.Stopped
+        node = NodeRecord(
+            id=found.id,
+            name=name,
+            protocol=protocol,
+            version=version,
+            runtime=runtime.name,
+            status=status,
+            expected=status,
+            failure="adopted: the runtime owns this node but the agent's store "
+            "did not know it",
+        )
+        return await self._save(node, f"adopted from runtime {runtime.name!r}")
+
+    def out_of_step(self, node: NodeRecord, actual: RuntimeNode | None) -> bool:
+        """Whether ``converge`` has anything to do for the node."""
+        if node.journal or not node.status.settled:
+            return True
+        if node.status is S.Deleted:
+            return False
+        observed = _observed(actual.state) if actual else None
+        return observed is not node.status or node.status is not node.expected
+
+    async def converge(
+        self, node: NodeRecord, actual: RuntimeNode | None
+    ) -> str | None:
+        """Take the node one step towards its expected status; say what was done."""
+        runtime = self.runtime(node.runtime)
+        if node.journal:
+            return await self._resume(node, runtime, actual)
+        if node.expected is S.Deleted and node.status is not S.Deleted:
+            return await self._finish_delete(node, runtime)
+        if actual is None:
+            return await self._absent(node, runtime)
+        observed, recorded = _observed(actual.state), None
+        if observed is not None and observed is not node.status:
+            node = await self._record_observed(node, observed, actual)
+            recorded = f"recorded {observed.name}"
+        if node.status is node.expected or node.status is S.Deleted:
+            return recorded
+        if node.expected is S.Running:
+            await self._start(node, runtime)
+            return "started, as expected"
+        await self._stop(node, runtime)
+        return "stopped, as expected"
+
+    async def give_up(self, node_id: str, reason: str) -> None:
+        node = await self.get(node_id)
+        if node is not None and node.failure != reason:
+            await self._save(node.replace(failure=reason), reason)
+
+    async def _record_observed(
+        self, node: NodeRecord, observed: NodeStatus, actual: RuntimeNode
+    ) -> NodeRecord:
+        if node.status.settled:
+            detail = f" ({actual.detail})" if actual.detail else ""
+            why = f"found {observed.name} outside nodevisor{detail}"
+        else:
+            why = f"found {observed.name} after an interrupted {node.status.name}"
+        return await self._save(node.replace(status=observed, failure=why), why)
+
+    async def _absent(self, node: NodeRecord, runtime: Runtime) -> str | None:
+        if node.status in (S.UndefinedContainerStatus, S.Installing, S.Creating):
+            spec = self.spec(node)
+            await runtime.prepare(spec)
+            await runtime.create(spec)
+            await self._save(node.replace(status=S.Stopped), "create finished")
+            return "finished an interrupted create"
+        why = f"runtime {runtime.name!r} has no trace of the node"
+        if node.failure == why:
+            return None
+        await self._save(node.replace(failure=why), why)
+        return "reported the node missing"
+
+    async def _finish_delete(self, node: NodeRecord, runtime: Runtime) -> str:
+        await runtime.delete(node.id)
+        await self._save(node.replace(status=S.Deleted), "delete finished")
+        return "finished an interrupted delete"
+
+    async def _resume(
+        self, node: NodeRecord, runtime: Runtime, actual: RuntimeNode | None
+    ) -> str:
+        journal = json.loads(node.journal or "{}")
+        target = f"{node.protocol}/{journal.get('to')}"
+        if actual is not None and actual.url == target:
+            node = await self._save(
+                node.replace(version=journal["to"], status=S.Upgraded, journal=None),
+                f"upgrade to {target} finished after a restart",
+            )
+            await runtime.start(self.spec(node))
+            await self._save(node.replace(status=S.Running), "Upgraded -> Running")
+            return f"finished an interrupted upgrade to {target}"
+        why = f"an upgrade to {target} was interrupted and rolled back"
+        if actual is not None and actual.url != node.url:
+            await runtime.upgrade(
+                self.spec(node, self._release_of(actual)), self.spec(node)
+            )
+        status = (
+            S.Running if actual and actual.state is NodeState.RUNNING else S.Stopped
+        )
+        await self._save(node.replace(journal=None, status=status, failure=why), why)
+        return why
+
     def _need(self, node: NodeRecord, status: NodeStatus, command: str) -> None:
         if node.status is not status:
             raise InvalidTransition(
                 f"cannot {command} node {node.id}: it is {node.status.name}, "
                 f"and {command} needs it {status.name}"
             )
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    try:
+        return parse_url(url)
+    except InvalidArgument:
+        return "unknown", "unknown"
 
 
 def _observed(state: NodeState) -> NodeStatus | None:

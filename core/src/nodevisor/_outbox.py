@@ -46,6 +46,8 @@ class Outbox:
         self._entries: deque[_Entry] = deque()
         self._cursor = 0
         self._ready = anyio.Event()
+        self._empty = anyio.Event()
+        self._empty.set()
 
     def __len__(self) -> int:
         """How many updates wait for the control plane's confirmation."""
@@ -59,6 +61,7 @@ class Outbox:
             written.set_result(seq)
             self._entries.append(_Entry(bytes(payload), written))
         if self._entries:
+            self._empty = anyio.Event()
             log.info("%d unconfirmed updates from the last run", len(self._entries))
 
     def put(self, update: command_flow_pb2.InfoUpdate) -> None:
@@ -79,6 +82,8 @@ class Outbox:
         written = self._db.write_nowait(self._db.store.outbox_add, payload)
         self._entries.append(_Entry(payload, written))
         self._ready.set()
+        if self._empty.is_set():
+            self._empty = anyio.Event()
 
     def rewind(self) -> int:
         """Start over for a new stream; how many updates it must send again."""
@@ -104,6 +109,8 @@ class Outbox:
         entry = self._entries[self._cursor]
         if entry.seq is None:
             del self._entries[self._cursor]  # unnumbered: nothing will confirm it
+            if not self._entries:
+                self._empty.set()
             return
         self._cursor += 1
 
@@ -115,7 +122,13 @@ class Outbox:
                 break
             self._entries.popleft()
             self._cursor = max(0, self._cursor - 1)
+        if not self._entries:
+            self._empty.set()
         self._db.write_nowait(self._db.store.outbox_confirm, up_to)
+
+    async def wait_empty(self) -> None:
+        """Return once the control plane has confirmed every update."""
+        await self._empty.wait()
 
 
 def _numbered(seq: int) -> bytes:

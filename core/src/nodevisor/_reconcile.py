@@ -1,0 +1,143 @@
+"""Bringing every node to the status the agent expects of it.
+
+At start-up and then periodically the reconciler asks each runtime what it
+owns, compares that with the store, and for each node out of step asks
+``NodeManager.converge`` for one step: start what should run, stop what
+should not, finish or roll back an operation a crash interrupted, record
+what changed behind the agent's back. Steps run in the node's dispatcher
+lane, and only when the lane is idle: a node in the middle of a command is
+left alone. A node whose steps keep failing is retried with a growing
+delay, then given up on with the reason, until a command changes what is
+expected of it. Nodes the runtimes own that the store does not know (the
+store was lost) are adopted as they are; nothing found is ever destroyed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import anyio
+
+from ._dispatch import Dispatcher
+from ._nodes import NodeManager
+from ._runtime import RuntimeNode
+from ._states import NodeStatus
+from ._store import NodeRecord
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Tries:
+    expected: NodeStatus
+    failures: int = 0
+    not_before: float = 0.0
+    given_up: bool = False
+
+
+class Reconciler:
+    def __init__(
+        self,
+        nodes: NodeManager,
+        dispatcher: Dispatcher,
+        *,
+        interval: float = 15.0,
+        attempts: int = 5,
+        first_delay: float = 2.0,
+    ) -> None:
+        self.nodes = nodes
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self.attempts = attempts
+        self.first_delay = first_delay
+        self._tries: dict[str, _Tries] = {}
+        #: Set after the first pass has been scheduled.
+        self.started = anyio.Event()
+
+    async def run(self) -> None:
+        await self.reconcile(adopt=True)
+        self.started.set()
+        while True:
+            await anyio.sleep(self.interval)
+            await self.reconcile()
+
+    async def reconcile(self, *, adopt: bool = False) -> int:
+        """One pass over every node; how many steps were scheduled."""
+        records = await self.nodes.nodes()
+        scheduled = 0
+        for name, runtime in self.nodes.runtimes.items():
+            try:
+                found = {n.id: n for n in await runtime.list_nodes()}
+            except Exception as exc:  # the engine may be down; try next pass
+                log.warning("runtime %r cannot list its nodes: %s", name, exc)
+                continue
+            if adopt:
+                await self._adopt(name, found)
+                records = await self.nodes.nodes()
+            for node in records:
+                if node.runtime == name and self._wanted(node, found.get(node.id)):
+                    scheduled += self._schedule(node.id)
+        return scheduled
+
+    async def _adopt(self, runtime: str, found: dict[str, RuntimeNode]) -> None:
+        known = await self.nodes.known_ids()
+        for node_id in found.keys() - known:
+            log.warning(
+                "node %s of runtime %r is not in the store; adopting it",
+                node_id,
+                runtime,
+            )
+            await self.nodes.adopt(self.nodes.runtimes[runtime], found[node_id])
+
+    def _wanted(self, node: NodeRecord, actual: RuntimeNode | None) -> bool:
+        if not self.nodes.out_of_step(node, actual):
+            self._tries.pop(node.id, None)
+            return False
+        tries = self._tries.get(node.id)
+        if tries is None or tries.expected is not node.expected:
+            tries = self._tries[node.id] = _Tries(node.expected)
+        return not tries.given_up and time.monotonic() >= tries.not_before
+
+    def _schedule(self, node_id: str) -> bool:
+        return self.dispatcher.run_in_lane(node_id, lambda: self._step(node_id))
+
+    async def _step(self, node_id: str) -> None:
+        node = await self.nodes.get(node_id)
+        if node is None:
+            return
+        try:
+            actual = await self.nodes.runtime(node.runtime).inspect(node_id)
+            if not self.nodes.out_of_step(node, actual):
+                return
+            done = await self.nodes.converge(node, actual)
+        except Exception as exc:  # counted, retried later, reported at the limit
+            await self._failed(node, exc)
+            return
+        if done:
+            log.info("node %s (%s): %s", node.id, node.name, done)
+
+    async def _failed(self, node: NodeRecord, exc: Exception) -> None:
+        tries = self._tries.setdefault(node.id, _Tries(node.expected))
+        tries.failures += 1
+        if tries.failures >= self.attempts:
+            tries.given_up = True
+            reason = (
+                f"gave up bringing the node to {node.expected.name} after "
+                f"{tries.failures} attempts; last error: {exc}"
+            )
+            log.error("node %s (%s): %s", node.id, node.name, reason)
+            await self.nodes.give_up(node.id, reason)
+            return
+        delay = min(300.0, self.first_delay * 2 ** (tries.failures - 1))
+        tries.not_before = time.monotonic() + delay
+        log.warning(
+            "node %s (%s): converging failed (%s); next try in %.0fs",
+            node.id,
+            node.name,
+            exc,
+            delay,
+        )
