@@ -1,0 +1,151 @@
+"""The reconciler on the memory runtime: convergence, backoff, adoption."""
+
+import json
+import uuid
+
+import anyio
+import pytest
+
+from blockjoy.api.v1 import host_pb2
+from nodevisor import NodeState
+from nodevisor._dispatch import Dispatcher
+from nodevisor._reconcile import Reconciler
+from nodevisor._states import NodeStatus
+from nodevisor._store import StoreRunner
+
+from .test_nodes import create, running
+
+pytestmark = pytest.mark.anyio
+S = NodeStatus
+
+
+@pytest.fixture
+async def reconciler(manager, store):
+    async def host_info():
+        return host_pb2.HostInfo()
+
+    async with Dispatcher(
+        nodes=manager, db=StoreRunner(store), emit=lambda _: None, host_info=host_info
+    ) as dispatcher:
+        yield Reconciler(manager, dispatcher, attempts=3, first_delay=0.05)
+
+
+async def settle(reconciler, adopt=False):
+    scheduled = await reconciler.reconcile(adopt=adopt)
+    with anyio.fail_after(5):
+        await reconciler.dispatcher.wait_idle()
+    return scheduled
+
+
+async def test_a_node_stopped_behind_the_agents_back_is_started(
+    reconciler, manager, memory, reports, new_id
+):
+    await running(manager, new_id)
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    assert await settle(reconciler) == 1
+    assert reports.statuses(new_id)[-3:] == ["Stopped", "Starting", "Running"]
+    assert "found Stopped outside nodevisor" in reports[-3].failure
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+    assert await settle(reconciler) == 0  # in step now: nothing to do
+
+
+async def test_a_node_that_should_be_stopped_is_stopped(
+    reconciler, manager, memory, new_id
+):
+    await manager.create(new_id, create())
+    memory.set_state_out_of_band(new_id, NodeState.RUNNING)
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.STOPPED
+    assert (await manager.require(new_id)).status is S.Stopped
+
+
+async def test_failures_back_off_then_the_node_is_reported_failed(
+    reconciler, manager, memory, new_id
+):
+    await running(manager, new_id)
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    memory.fail.add("start")
+    for _ in range(3):
+        await settle(reconciler)
+        assert await settle(reconciler) == 0  # backing off: not yet again
+        await anyio.sleep(0.25)
+    node = await manager.require(new_id)
+    assert node.failure.startswith("gave up bringing the node to Running after 3")
+    assert "told to fail start" in node.failure
+    starts = memory.calls["start"]
+    await anyio.sleep(0.3)
+    await settle(reconciler)
+    assert memory.calls["start"] == starts  # given up: left alone
+
+
+async def test_a_node_with_a_running_command_is_left_alone(
+    reconciler, manager, memory, new_id
+):
+    await running(manager, new_id)
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    busy = anyio.Event()
+    reconciler.dispatcher.run_in_lane(new_id, busy.wait)
+    assert await reconciler.reconcile() == 0
+    busy.set()
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+
+
+async def test_an_interrupted_create_is_finished(reconciler, manager, store, new_id):
+    await manager.create(new_id, create())
+    node = await manager.require(new_id)
+    # as if the agent died between Creating and the runtime's create
+    await manager.delete(new_id)
+    store.save_node(node.replace(status=S.Creating, expected=S.Stopped))
+    await settle(reconciler)
+    assert (await manager.require(new_id)).status is S.Stopped
+
+
+async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
+    reconciler, manager, memory, store, new_id
+):
+    await running(manager, new_id)
+    node = await manager.require(new_id)
+    journal = json.dumps({"op": "upgrade", "from": "1", "to": "2"})
+    # the runtime had already switched to version 2 when the agent died
+    spec2 = manager.spec(node.replace(version="2"))
+    await memory.stop(spec2)
+    await memory.upgrade(manager.spec(node), spec2)
+    store.save_node(node.replace(status=S.Upgrading, journal=journal))
+    await settle(reconciler)
+    finished = await manager.require(new_id)
+    assert (finished.version, finished.status, finished.journal) == (
+        "2",
+        S.Running,
+        None,
+    )
+
+    other = str(uuid.uuid4())
+    await manager.create(other, create(name="beta"))
+    await manager.start(other)
+    node = await manager.require(other)
+    # the agent died before the runtime changed anything
+    store.save_node(node.replace(status=S.Upgrading, journal=journal))
+    await settle(reconciler)
+    back = await manager.require(other)
+    assert (back.version, back.status, back.journal) == ("1", S.Running, None)
+    assert "interrupted and rolled back" in back.failure
+
+
+async def test_nodes_the_store_lost_are_adopted_untouched(
+    reconciler, manager, memory, store, new_id
+):
+    await running(manager, new_id)
+    other = str(uuid.uuid4())
+    await manager.create(other, create(name="beta"))
+    for node in store.nodes():
+        store.forget_node(node.id)
+    calls = dict(memory.calls)
+    await settle(reconciler, adopt=True)
+    adopted = {n.id: n for n in store.nodes()}
+    assert adopted[new_id].status is S.Running and adopted[new_id].name == "alpha"
+    assert adopted[other].status is S.Stopped and adopted[other].url == "testchain/1"
+    assert "adopted" in adopted[other].failure
+    assert {
+        k: v for k, v in memory.calls.items() if k not in ("inspect", "list_nodes")
+    } == {k: v for k, v in calls.items() if k not in ("inspect", "list_nodes")}
