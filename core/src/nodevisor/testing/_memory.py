@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 
@@ -26,7 +28,11 @@ __all__ = ["MemoryRuntime", "nodevisor_runtimes"]
 
 
 class MemoryRuntime(Runtime):
-    """Nodes that exist only as entries in ``<data_dir>/nodes.json``.
+    """Nodes that exist only as small JSON files, one per node.
+
+    Node ``<id>`` lives in ``<data_dir>/nodes/node-<id>.json``: an operation
+    reads and rewrites that one file, so its cost does not grow with the
+    number of nodes. A new instance on the same ``data_dir`` finds them all.
 
     Settings (the ``[runtimes.memory]`` config table, or keyword arguments):
 
@@ -56,33 +62,47 @@ class MemoryRuntime(Runtime):
         self.known_images: set[str] | None = None if known is None else set(known)
         self.ignore_stop: bool = bool(settings.get("ignore_stop", False))
         self.calls: Counter[str] = Counter()
-        self._file = context.data_dir / "nodes.json"
+        self._dir = context.data_dir / "nodes"
 
-    # persistence: a JSON file so that a new instance finds the old nodes
+    # persistence: a file per node, so that a new instance finds the old nodes
 
-    def _load(self) -> dict[str, dict[str, Any]]:
+    def _path(self, node_id: str) -> Path:
+        # Quoted, so that no id can name a path outside the folder.
+        return self._dir / f"node-{quote(node_id, safe='')}.json"
+
+    def _load(self, node_id: str) -> dict[str, Any] | None:
         try:
-            return json.loads(self._file.read_text())
+            return json.loads(self._path(node_id).read_text())
         except FileNotFoundError:
-            return {}
+            return None
 
-    def _dump(self, nodes: dict[str, dict[str, Any]]) -> None:
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(nodes))
-        os.replace(temporary, self._file)
+    def _dump(self, node_id: str, node: dict[str, Any]) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        path = self._path(node_id)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({**node, "id": node_id}))
+        os.replace(temporary, path)
 
-    async def _step(self, operation: str, node_id: str) -> dict[str, dict[str, Any]]:
+    def _remove(self, node_id: str) -> None:
+        self._path(node_id).unlink(missing_ok=True)
+
+    def _load_all(self) -> Iterator[dict[str, Any]]:
+        for path in self._dir.glob("node-*.json"):
+            try:
+                yield json.loads(path.read_text())
+            except FileNotFoundError:  # removed while we listed
+                continue
+
+    async def _step(self, operation: str, node_id: str) -> dict[str, Any] | None:
         self.calls[operation] += 1
         await anyio.sleep(self.delay.get(operation, 0))
         if operation in self.fail:
             raise RuntimeFailure(
                 f"memory runtime told to fail {operation} (node {node_id})"
             )
-        return self._load()
+        return self._load(node_id)
 
-    def _owned(self, nodes: dict[str, dict[str, Any]], node_id: str) -> dict[str, Any]:
-        node = nodes.get(node_id)
+    def _owned(self, node: dict[str, Any] | None, node_id: str) -> dict[str, Any]:
         if node is None or node["host_id"] != self.context.host_id:
             raise RuntimeFailure(f"node {node_id} does not exist in the memory runtime")
         return node
@@ -103,10 +123,9 @@ class MemoryRuntime(Runtime):
         return self.known_images is None or image in self.known_images
 
     async def create(self, spec: NodeSpec) -> None:
-        nodes = await self._step("create", spec.id)
-        if spec.id in nodes:
+        if await self._step("create", spec.id) is not None:
             return
-        nodes[spec.id] = {
+        node = {
             "name": spec.name,
             "host_id": spec.host_id,
             "image": spec.image,
@@ -114,16 +133,15 @@ class MemoryRuntime(Runtime):
             "state": NodeState.STOPPED.value,
             "files": {},
         }
-        self._dump(nodes)
+        self._dump(spec.id, node)
 
     async def start(self, spec: NodeSpec) -> None:
-        nodes = await self._step("start", spec.id)
-        self._owned(nodes, spec.id)["state"] = NodeState.RUNNING.value
-        self._dump(nodes)
+        node = self._owned(await self._step("start", spec.id), spec.id)
+        node["state"] = NodeState.RUNNING.value
+        self._dump(spec.id, node)
 
     async def stop(self, spec: NodeSpec) -> StopOutcome:
-        nodes = await self._step("stop", spec.id)
-        node = self._owned(nodes, spec.id)
+        node = self._owned(await self._step("stop", spec.id), spec.id)
         if node["state"] == NodeState.STOPPED.value:
             return StopOutcome(clean=True)
         clean = True
@@ -131,65 +149,64 @@ class MemoryRuntime(Runtime):
             await anyio.sleep(spec.grace_period)
             clean = False
         node["state"] = NodeState.STOPPED.value
-        self._dump(nodes)
+        self._dump(spec.id, node)
         return StopOutcome(clean=clean, detail="" if clean else "killed by SIGKILL")
 
     async def upgrade(self, old: NodeSpec, new: NodeSpec) -> None:
-        nodes = await self._step("upgrade", new.id)
-        node = self._owned(nodes, new.id)
+        node = self._owned(await self._step("upgrade", new.id), new.id)
         node.update(image=new.image, url=new.url)
-        self._dump(nodes)
+        self._dump(new.id, node)
 
     async def snapshot(self, spec: NodeSpec, destination: Path) -> Path:
-        nodes = await self._step("snapshot", spec.id)
-        files = self._owned(nodes, spec.id)["files"]
+        node = self._owned(await self._step("snapshot", spec.id), spec.id)
+        files = node["files"]
         path = destination / f"{spec.id}.json"
         path.write_text(json.dumps(files))
         return path
 
     async def delete(self, node_id: str) -> None:
-        nodes = await self._step("delete", node_id)
-        node = nodes.get(node_id)
+        node = await self._step("delete", node_id)
         # Another host's node with this id is not this runtime's to remove.
         if node is not None and node["host_id"] == self.context.host_id:
-            del nodes[node_id]
-            self._dump(nodes)
+            self._remove(node_id)
 
     async def inspect(self, node_id: str) -> RuntimeNode | None:
         self.calls["inspect"] += 1
-        node = self._load().get(node_id)
+        node = self._load(node_id)
         if node is None or node["host_id"] != self.context.host_id:
             return None
         return _as_runtime_node(node_id, node)
 
     async def list_nodes(self) -> list[RuntimeNode]:
         self.calls["list_nodes"] += 1
+        # Reading every file takes a while with many nodes: not on the loop.
+        return await anyio.to_thread.run_sync(self._list_owned)
+
+    def _list_owned(self) -> list[RuntimeNode]:
         return [
-            _as_runtime_node(node_id, node)
-            for node_id, node in self._load().items()
+            _as_runtime_node(node["id"], node)
+            for node in self._load_all()
             if node["host_id"] == self.context.host_id
         ]
 
     # test helpers: the "data" a node holds, and out-of-band changes
 
     def write_file(self, node_id: str, name: str, content: str) -> None:
-        nodes = self._load()
-        self._owned(nodes, node_id)["files"][name] = content
-        self._dump(nodes)
+        node = self._owned(self._load(node_id), node_id)
+        node["files"][name] = content
+        self._dump(node_id, node)
 
     def read_file(self, node_id: str, name: str) -> str | None:
-        node = self._load().get(node_id)
+        node = self._load(node_id)
         return None if node is None else node["files"].get(name)
 
     def remove_out_of_band(self, node_id: str) -> None:
-        nodes = self._load()
-        nodes.pop(node_id, None)
-        self._dump(nodes)
+        self._remove(node_id)
 
     def set_state_out_of_band(self, node_id: str, state: NodeState) -> None:
-        nodes = self._load()
-        self._owned(nodes, node_id)["state"] = state.value
-        self._dump(nodes)
+        node = self._owned(self._load(node_id), node_id)
+        node["state"] = state.value
+        self._dump(node_id, node)
 
 
 def _as_runtime_node(node_id: str, node: dict[str, Any]) -> RuntimeNode:
