@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 __all__ = ["DomainEvent", "EventHub", "EventKind"]
 
@@ -120,20 +120,30 @@ class EventHub:
         with self._lock:
             return self._last.get(node_id)
 
-    async def subscribe(self) -> AsyncIterator[DomainEvent]:
-        """Every event from now on, until the iterator is closed."""
+    def subscribe(self) -> AsyncIterator[DomainEvent]:
+        """Every event from this call on, until the iterator is closed.
+
+        Call it on the event loop that iterates it: the subscription starts
+        at once, so no event is lost before the first iteration.
+        """
         send, receive = anyio.create_memory_object_stream[DomainEvent](_BUFFER)
         entry = (asyncio.get_running_loop(), send)
         with self._lock:
             self._subscribers.append(entry)
+        return self._drain(entry, receive)
+
+    async def _drain(
+        self, entry: _Subscriber, receive: MemoryObjectReceiveStream[DomainEvent]
+    ) -> AsyncIterator[DomainEvent]:
         try:
             async with receive:
                 async for event in receive:
                     yield event
         finally:
             with self._lock:
-                self._subscribers.remove(entry)
-            send.close()
+                if entry in self._subscribers:
+                    self._subscribers.remove(entry)
+            entry[1].close()
 
     def close(self) -> None:
         """End every subscription."""
