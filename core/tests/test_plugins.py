@@ -72,17 +72,20 @@ def test_an_unknown_runtime_name_lists_the_installed_ones():
         plugins.runtime_class("nope")
 
 
-def test_two_runtimes_with_one_name_keep_the_first():
+def test_two_plugins_claiming_one_runtime_name_lose_it_both():
     from nodevisor.testing import _memory
 
     plugins = PluginManager(group="nodevisor-none")
     plugins.register(_memory, name="first")
 
-    class Again:
+    class Impostor:
         @staticmethod
         def nodevisor_runtimes():
             return [_memory.MemoryRuntime]
 
-    plugins.register(Again(), name="again")
-    assert plugins.runtimes["memory"] is _memory.MemoryRuntime
-    assert "'memory' is already taken" in plugins.failures[0].error
+    plugins.register(Impostor(), name="impostor")
+    assert "memory" not in plugins.runtimes
+    reasons = {f.name: f.error for f in plugins.failures}
+    assert set(reasons) == {"first", "impostor"}
+    assert "provided by both 'first'" in reasons["impostor"]
+    assert "neither is used" in reasons["first"]

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._catalogue import Catalogue, Release, parse_url
 from ._errors import (
+    AgentLocked,
     CatalogueError,
     CommandError,
     ConfigError,
@@ -25,6 +26,7 @@ from ._errors import (
     NotSupported,
     PluginError,
     RuntimeFailure,
+    RuntimeUnavailable,
     ServiceNotReady,
     UpgradeFailed,
 )
@@ -48,6 +50,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "CONTRACT_VERSION",
+    "AgentLocked",
     "Capabilities",
     "Catalogue",
     "CatalogueError",
@@ -72,6 +75,7 @@ __all__ = [
     "RuntimeContext",
     "RuntimeFailure",
     "RuntimeNode",
+    "RuntimeUnavailable",
     "ServiceNotReady",
     "StopOutcome",
     "UpgradeFailed",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,7 +21,7 @@ from ._catalogue import Catalogue
 from ._config import AgentConfig
 from ._credentials import Credentials
 from ._dispatch import Dispatcher
-from ._errors import ExitCode
+from ._errors import AgentLocked, ExitCode
 from ._hostinfo import host_info
 from ._messages import command_result, host_update, node_update
 from ._nodes import NodeManager
@@ -73,6 +78,15 @@ class Agent:
     ) -> None:
         self.config = config
         self.credentials = Credentials.load(config.data_dir)
+        if config.api_url_set and config.api_url != self.credentials.api_url:
+            log.info(
+                "using api_url %s from config instead of %s from provisioning",
+                config.api_url,
+                self.credentials.api_url,
+            )
+            self.credentials = dataclasses.replace(
+                self.credentials, api_url=config.api_url
+            )
         self.plugins = plugins or _loaded_plugins()
         self.catalogue = Catalogue.load(config.catalogue_dirs)
         self.outbox: Outbox | None = None
@@ -86,6 +100,7 @@ class Agent:
     async def run(self, stop: anyio.Event | None = None) -> None:
         """Serve until ``stop`` is set (then drain) or the task is cancelled."""
         async with AsyncExitStack() as stack:
+            stack.enter_context(_exclusive(self.config.data_dir))
             self._observers = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._observers.cancel_scope.cancel)
             store = Store(self.config.data_dir / "state.db")
@@ -115,6 +130,9 @@ class Agent:
             outbox=self.outbox,
             on_command=dispatcher.submit,
             greeting=lambda: self._greeting(nodes),
+            heartbeat=self._heartbeat,
+            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_timeout=self.config.heartbeat_timeout,
         )
         self.reconciler = Reconciler(
             nodes,
@@ -181,6 +199,9 @@ class Agent:
         updates = [host_update(await self._host_info())]
         return updates + [node_update(node) for node in await nodes.nodes()]
 
+    async def _heartbeat(self) -> None:
+        self._emit(host_update(await self._host_info()))
+
     async def _host_info(self) -> host_pb2.HostInfo:
         config = self.config
         info = await anyio.to_thread.run_sync(
@@ -229,6 +250,27 @@ class Agent:
     def _spawn(self, observer: Callable[[], Awaitable[Any]]) -> None:
         assert self._observers is not None
         self._observers.start_soon(observer)
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data_dir>/agent.lock`` so that one agent at a time uses the state."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "agent.lock"
+    with path.open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise AgentLocked(
+                f"another agent (pid {holder}) is running on {str(data_dir)!r}; "
+                "stop it first"
+            ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
 
 
 def _loaded_plugins() -> PluginManager:

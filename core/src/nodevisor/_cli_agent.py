@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ._agent import Agent
-from ._config import load_config
+from ._config import AgentConfig, load_config
 from ._errors import NodevisorError
+from ._output import console
 from ._plugins import PluginManager
 from ._provision import provision
 from ._store import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 config_option = click.option(
     "--config",
@@ -39,10 +42,18 @@ def agent() -> None:
 @click.option(
     "--api", "api_url", help="Control plane address host:port [default: api_url]."
 )
-def provision_command(config_path: Path | None, otp: str, api_url: str | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Provision again although this host is provisioned already.",
+)
+def provision_command(
+    config_path: Path | None, otp: str, api_url: str | None, force: bool
+) -> None:
     """Register this host with the control plane."""
     config = _config(config_path)
-    credentials = _run(provision(config, otp, api_url or config.api_url))
+    url = api_url or config.api_url
+    credentials = _run(lambda: provision(config, otp, url, force=force))
     click.echo(f"provisioned: host id {credentials.host_id}")
 
 
@@ -51,7 +62,7 @@ def provision_command(config_path: Path | None, otp: str, api_url: str | None) -
 def run_command(config_path: Path | None) -> None:
     """Connect to the control plane and carry out its commands until stopped."""
     config = _config(config_path)
-    _run(_serve(Agent(config)))
+    _run(lambda: _serve(Agent(config)))
 
 
 async def _serve(agent: Agent) -> None:
@@ -89,10 +100,10 @@ def plugins_command() -> None:
             str(cls.contract_version),
             *(_yes(flag) for flag in (caps.snapshot, caps.upgrade, caps.exec)),
         )
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     for failure in plugins.failures:
-        console.print(f"[red]failed:[/red] {failure}", markup=True, highlight=False)
+        out.print(f"[red]failed:[/red] {failure}", markup=True, highlight=False)
     if plugins.failures:
         raise SystemExit(1)
 
@@ -102,7 +113,10 @@ def plugins_command() -> None:
 def nodes_command(config_path: Path | None) -> None:
     """List the nodes this agent keeps, as its store records them."""
     config = _config(config_path)
-    store = Store(config.data_dir / "state.db")
+    try:
+        store = Store.open_readonly(config.data_dir / "state.db")
+    except NodevisorError as exc:
+        raise click.ClickException(str(exc)) from exc
     table = Table("id", "name", "image", "runtime", "status", "expected", "failure")
     for node in store.nodes():
         table.add_row(
@@ -115,22 +129,23 @@ def nodes_command(config_path: Path | None) -> None:
             node.failure or "",
         )
     store.close()
-    Console().print(table)
+    console().print(table)
 
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _config(path: Path | None):
+def _config(path: Path | None) -> AgentConfig:
     try:
         return load_config(path)
     except NodevisorError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
-def _run(coroutine):
+def _run(make: Callable[[], Awaitable[T]]) -> T:
+    """Run ``make()`` on the event loop; nodevisor's errors become CLI errors."""
     try:
-        return anyio.run(lambda: coroutine)
+        return anyio.run(make)
     except NodevisorError as exc:
         raise click.ClickException(str(exc)) from exc

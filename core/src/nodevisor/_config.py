@@ -15,13 +15,14 @@ environment; the environment wins. Tables nest with ``__``:
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pydantic
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from ._errors import ConfigError
 
@@ -38,7 +39,8 @@ class AgentConfig(BaseSettings):
         env_prefix="NODEVISOR_", env_nested_delimiter="__", extra="forbid"
     )
 
-    #: The control plane's gRPC address, ``host:port``.
+    #: The control plane's gRPC address, ``host:port``. ``provision`` stores
+    #: the address it used; set this to reach the control plane elsewhere.
     api_url: str = "127.0.0.1:50051"
     #: Where the agent keeps its state, credentials and snapshots.
     data_dir: Path = Path("/var/lib/nodevisor")
@@ -54,10 +56,20 @@ class AgentConfig(BaseSettings):
     runtimes: dict[str, dict[str, Any]] = {}
     #: Seconds that running commands get to finish when the agent stops.
     shutdown_grace: float = pydantic.Field(30.0, ge=0)
+    #: Seconds between two HostInfo heartbeats on an open stream.
+    heartbeat_interval: float = pydantic.Field(20.0, gt=0)
+    #: Seconds a sent update may wait for the control plane's confirmation
+    #: before the stream is taken for dead and opened again.
+    heartbeat_timeout: float = pydantic.Field(20.0, gt=0)
     #: Seconds between two passes of the reconciler.
     reconcile_interval: float = pydantic.Field(15.0, gt=0)
     #: Failed attempts to converge a node before it is reported failed.
     reconcile_attempts: int = pydantic.Field(5, ge=1)
+
+    @property
+    def api_url_set(self) -> bool:
+        """Whether ``api_url`` was given (file or environment), not defaulted."""
+        return "api_url" in self.model_fields_set
 
     @property
     def catalogue_dirs(self) -> list[Path]:
@@ -81,10 +93,57 @@ def load_config(path: Path | None = None) -> AgentConfig:
         data = _read_toml(file)
     try:
         from_env = AgentConfig()
-        overrides = {k: getattr(from_env, k) for k in from_env.model_fields_set}
-        return AgentConfig.model_validate(data | overrides)
+    except (pydantic.ValidationError, SettingsError) as exc:
+        raise ConfigError(
+            f"a NODEVISOR_* environment variable is not valid:\n{exc}"
+        ) from exc
+    overrides = {
+        key: getattr(from_env, key)
+        for key in from_env.model_fields_set
+        if key != "runtimes"
+    }
+    runtimes = _merged(data.pop("runtimes", {}), _runtime_overrides())
+    try:
+        return AgentConfig.model_validate(data | overrides | {"runtimes": runtimes})
     except pydantic.ValidationError as exc:
         raise ConfigError(f"config {str(file)!r} is not valid:\n{exc}") from exc
+
+
+def _runtime_overrides() -> dict[str, Any]:
+    """``NODEVISOR_RUNTIMES__<NAME>__<KEY>=value`` as nested tables.
+
+    A value that reads as JSON (a number, ``true``, a list) is taken as such,
+    since the runtime settings have no declared types; anything else stays
+    a string.
+    """
+    prefix = "NODEVISOR_RUNTIMES__"
+    tables: dict[str, Any] = {}
+    for name, raw in os.environ.items():
+        if not name.startswith(prefix):
+            continue
+        *path, last = name[len(prefix) :].lower().split("__")
+        table = tables
+        for part in path:
+            table = table.setdefault(part, {})
+        table[last] = _value(raw)
+    return tables
+
+
+def _value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _read_toml(file: Path) -> dict[str, Any]:
@@ -92,5 +151,5 @@ def _read_toml(file: Path) -> dict[str, Any]:
         return tomllib.loads(file.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {str(file)!r} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {str(file)!r} cannot be read: {exc}") from exc

@@ -24,6 +24,7 @@ from ._errors import (
     InvalidCommand,
     NotSupported,
     RuntimeFailure,
+    RuntimeUnavailable,
 )
 from ._messages import command_ack, command_result, host_update
 from ._nodes import NodeManager
@@ -236,6 +237,8 @@ class Dispatcher:
             return ExitCode.OK, await self._run_host(command.host)
         except CommandError as exc:
             return exc.exit_code, str(exc)
+        except RuntimeUnavailable as exc:
+            return ExitCode.SERVICE_NOT_READY, str(exc)
         except RuntimeFailure as exc:
             return ExitCode.RUNTIME_ERROR, str(exc)
         except Exception as exc:  # one command's bug must not end the stream

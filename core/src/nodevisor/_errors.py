@@ -8,8 +8,10 @@ code the agent reports for it in ``CommandInfo.exit_code``::
     ├── CatalogueError           a protocol spec is wrong or missing
     ├── PluginError              a plugin could not be loaded or does not fit
     ├── CredentialsError         the host is not provisioned, or its files are bad
+    ├── AgentLocked              another agent uses the same data directory
     ├── RuntimeFailure           a runtime could not carry out an operation
-    │   └── ImageUnavailable     the image a node needs cannot be had
+    │   ├── ImageUnavailable     the image a node needs cannot be had
+    │   └── RuntimeUnavailable   the runtime's engine cannot be reached
     └── CommandError             a command cannot be carried out (has exit_code)
         ├── InvalidCommand       no command, or one the agent does not know
         ├── NodeNotFound         no node with that id
@@ -20,9 +22,10 @@ code the agent reports for it in ``CommandInfo.exit_code``::
         ├── InvalidArgument      a bad name, image url or protocol
         └── Conflict             clashes with another node (a taken name)
 
-Runtimes raise ``RuntimeFailure`` (or ``ImageUnavailable``) with the engine's
-error chained as ``__cause__``; the agent turns it into a result with
-``ExitCode.RUNTIME_ERROR``.
+Runtimes raise ``RuntimeFailure`` (or a subclass) with the engine's error
+chained as ``__cause__``; the agent turns it into a result with
+``ExitCode.RUNTIME_ERROR``, or ``ExitCode.SERVICE_NOT_READY`` for
+``RuntimeUnavailable``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "AgentLocked",
     "CatalogueError",
     "CommandError",
     "ConfigError",
@@ -45,6 +49,7 @@ __all__ = [
     "NotSupported",
     "PluginError",
     "RuntimeFailure",
+    "RuntimeUnavailable",
     "ServiceNotReady",
     "UpgradeFailed",
 ]
@@ -86,12 +91,20 @@ class CredentialsError(NodevisorError):
     """The host has not been provisioned, or its credentials are unreadable."""
 
 
+class AgentLocked(NodevisorError):
+    """Another agent process runs on the same data directory."""
+
+
 class RuntimeFailure(NodevisorError):
     """A runtime could not carry out an operation on a node."""
 
 
 class ImageUnavailable(RuntimeFailure):
     """The image a node needs is not on this host and cannot be had."""
+
+
+class RuntimeUnavailable(RuntimeFailure):
+    """The runtime's engine (dockerd, libvirtd) cannot be reached; try later."""
 
 
 class CommandError(NodevisorError):

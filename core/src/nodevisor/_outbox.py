@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class _Entry:
     payload: bytes
     written: asyncio.Future[int]
+    sent_at: float | None = None
 
     @property
     def seq(self) -> int | None:
@@ -107,6 +109,7 @@ class Outbox:
     def sent(self) -> None:
         """The update ``next`` returned went out on the stream."""
         entry = self._entries[self._cursor]
+        entry.sent_at = time.monotonic()
         if entry.seq is None:
             del self._entries[self._cursor]  # unnumbered: nothing will confirm it
             if not self._entries:
@@ -125,6 +128,12 @@ class Outbox:
         if not self._entries:
             self._empty.set()
         self._db.write_nowait(self._db.store.outbox_confirm, up_to)
+
+    def waiting_since(self) -> float | None:
+        """When the oldest update sent but not confirmed went out, if any."""
+        if self._entries and self._cursor > 0:
+            return self._entries[0].sent_at
+        return None
 
     async def wait_empty(self) -> None:
         """Return once the control plane has confirmed every update."""

@@ -59,6 +59,7 @@ class PluginManager:
         self._pm = pluggy.PluginManager("nodevisor")
         self._pm.add_hookspecs(_hookspecs)
         self._silenced: set[tuple[str, str]] = set()
+        self._claims: dict[str, PluginStatus] = {}
 
     @property
     def failures(self) -> list[PluginStatus]:
@@ -138,14 +139,29 @@ class PluginManager:
             return
         for cls in provided:
             problem = _misfit(cls)
-            if problem is None and cls.name in self.runtimes:
-                problem = f"runtime name {cls.name!r} is already taken"
             if problem is not None:
                 self._fail(status, problem)
-                continue
-            self.runtimes[cls.name] = cls
-            status.runtimes.append(cls.name)
-            log.debug("runtime %r loaded from %s", cls.name, status)
+            elif cls.name in self._claims:
+                self._contest(cls.name, status)
+            else:
+                self._claims[cls.name] = status
+                self.runtimes[cls.name] = cls
+                status.runtimes.append(cls.name)
+                log.debug("runtime %r loaded from %s", cls.name, status)
+
+    def _contest(self, name: str, status: PluginStatus) -> None:
+        # Two plugins claim one name: neither is used, so an impostor cannot
+        # take over a runtime by being found first.
+        first = self._claims[name]
+        reason = (
+            f"runtime name {name!r} is provided by both {first.name!r} "
+            f"({first.distribution}) and {status.name!r} ({status.distribution}); "
+            "neither is used: uninstall one"
+        )
+        if self.runtimes.pop(name, None) is not None:
+            first.runtimes.remove(name)
+            self._fail(first, reason)
+        self._fail(status, reason)
 
     def _fail(self, status: PluginStatus, reason: str) -> None:
         status.errors.append(reason)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ._errors import ConfigError
 from ._states import NodeStatus
 
 __all__ = ["CommandRecord", "NodeRecord", "Store", "StoreRunner"]
@@ -115,6 +116,23 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """Open an existing store for reading only; create nothing."""
+        if not path.exists():
+            raise ConfigError(
+                f"there is no agent state at {str(path)!r}: has the agent run with "
+                "this data_dir?"
+            )
+        store = cls.__new__(cls)
+        store.path = path
+        store._db = sqlite3.connect(
+            f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False
+        )
+        store._db.row_factory = sqlite3.Row
+        store._lock = threading.Lock()
+        return store
 
     def close(self) -> None:
         """Close the connection once no call is using it."""

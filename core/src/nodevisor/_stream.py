@@ -29,14 +29,14 @@ _METHOD = command_flow_pb2.DESCRIPTOR.services_by_name["CommandFlow"].methods_by
 ]
 _PATH = f"/{_METHOD.containing_service.full_name}/{_METHOD.name}"
 
-#: Keepalive pings every 30 s while the stream is open (a default gRPC server
-#: accepts that much), a silent peer given 10 s to answer; messages up to the
-#: same size limit the control plane uses. No deadline: the stream lives on.
+#: Transport keepalive: a ping after 330 s without traffic, which a gRPC
+#: server with default settings accepts (it refuses pings more often than every
+#: 5 minutes on an idle stream), and 10 s for the answer. No deadline: the
+#: stream lives on. Messages up to the size limit the control plane uses.
 CHANNEL_OPTIONS = (
-    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_time_ms", 330_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
@@ -76,6 +76,9 @@ class CommandStream:
         outbox: Outbox,
         on_command: Callable[[Command], None],
         greeting: Callable[[], Awaitable[list[InfoUpdate]]],
+        heartbeat: Callable[[], Awaitable[None]] | None = None,
+        heartbeat_interval: float = 20.0,
+        heartbeat_timeout: float = 20.0,
         backoff: Backoff | None = None,
         options: tuple[tuple[str, int], ...] = CHANNEL_OPTIONS,
     ) -> None:
@@ -83,8 +86,12 @@ class CommandStream:
         self.outbox = outbox
         self._on_command = on_command
         self._greeting = greeting
+        self._heartbeat = heartbeat
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
         self._backoff = backoff or Backoff()
         self._options = options
+        self._confirming = False
         self.connected = anyio.Event()
 
     async def run(self) -> None:
@@ -117,13 +124,18 @@ class CommandStream:
                 response_deserializer=Command.FromString,
             )
             call = commands(metadata=self.credentials.metadata)
-            writer = asyncio.create_task(self._write(call), name="stream writer")
+            helpers = [
+                asyncio.create_task(self._write(call), name="stream writer"),
+                asyncio.create_task(self._watch(call), name="stream watchdog"),
+            ]
             try:
                 await self._read(call)
             finally:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                for task in helpers:
+                    task.cancel()
+                for task in helpers:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         await call.wait_for_connection()
@@ -134,9 +146,34 @@ class CommandStream:
             if command is grpc.aio.EOF:
                 return
             if command.WhichOneof("type") == "received":
+                self._confirming = True
                 self.outbox.confirm(command.received.up_to)
                 continue
             self._on_command(command)
+
+    async def _watch(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Send a heartbeat when idle; end a stream whose peer went silent.
+
+        Only a control plane that confirms updates can be watched this way;
+        with one that does not, the transport keepalive is the only check.
+        """
+        self._confirming = False
+        last_beat = time.monotonic()
+        while True:
+            await anyio.sleep(min(1.0, self._heartbeat_interval / 4))
+            now = time.monotonic()
+            since = self.outbox.waiting_since()
+            if self._confirming and since and now - since > self._heartbeat_timeout:
+                log.warning(
+                    "the control plane confirmed nothing for %.0fs; the stream "
+                    "looks dead, reconnecting",
+                    now - since,
+                )
+                call.cancel()
+                return
+            if self._heartbeat and now - last_beat >= self._heartbeat_interval:
+                last_beat = now
+                await self._heartbeat()
 
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         try:

@@ -20,7 +20,7 @@ import docker
 import docker.errors
 import requests
 
-from nodevisor import RuntimeFailure
+from nodevisor import RuntimeFailure, RuntimeUnavailable
 
 from ._settings import DockerSettings
 
@@ -87,19 +87,18 @@ def _translated(what: str, address: str) -> Iterator[None]:
         raise
     except (docker.errors.DockerException, requests.RequestException) as exc:
         _log.debug("%s: failed", what, exc_info=True)
-        raise RuntimeFailure(_message(what, address, exc)) from exc
+        if _unreachable(exc):
+            raise RuntimeUnavailable(
+                f"failed to {what}: cannot reach the Docker engine at {address}: "
+                f"is dockerd running? ({exc})"
+            ) from exc
+        raise RuntimeFailure(f"failed to {what}: {_explain(exc)}") from exc
 
 
-def _message(what: str, address: str, exc: Exception) -> str:
-    unreachable = isinstance(exc, requests.ConnectionError) or isinstance(
+def _unreachable(exc: Exception) -> bool:
+    return isinstance(exc, requests.ConnectionError) or isinstance(
         exc.__cause__, requests.ConnectionError
     )
-    if unreachable:
-        return (
-            f"failed to {what}: cannot reach the Docker engine at {address}: "
-            f"is dockerd running? ({exc})"
-        )
-    return f"failed to {what}: {_explain(exc)}"
 
 
 def _explain(exc: Exception) -> str:
