@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
-from nodevisor import CredentialsError
+from nodevisor import AgentLocked, CredentialsError
 from nodevisor._agent import Agent
 from nodevisor._config import AgentConfig
 from nodevisor._credentials import Credentials
@@ -184,3 +184,46 @@ async def test_a_wrong_token_keeps_the_agent_retrying(control_plane, config, cap
         tasks.cancel_scope.cancel()
     assert caplog.text.count("UNAUTHENTICATED") >= 2
     assert not agent.stream.connected.is_set()
+
+
+async def test_provisioning_a_provisioned_host_needs_force(control_plane, config):
+    first = await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    with pytest.raises(
+        CredentialsError, match=f"provisioned already, as host {first.host_id}"
+    ):
+        await provision(
+            config, await control_plane.admin.create_otp(), control_plane.address
+        )
+    assert Credentials.load(config.data_dir) == first
+    second = await provision(
+        config,
+        await control_plane.admin.create_otp(),
+        control_plane.address,
+        force=True,
+    )
+    assert second.host_id != first.host_id
+
+
+async def test_a_second_agent_on_one_data_dir_is_refused(control_plane, config):
+    await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    async with running_agent(config):
+        with pytest.raises(AgentLocked, match=r"another agent \(pid \d+\) is running"):
+            await Agent(config).run()
+
+
+async def test_api_url_from_config_wins_over_the_provisioned_one(control_plane, config):
+    await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    stored = Credentials.load(config.data_dir)
+    # the control plane moved: the stored address is dead, the config names it
+    Credentials(stored.host_id, stored.token, "127.0.0.1:1").save(config.data_dir)
+    moved = AgentConfig.model_validate(
+        config.model_dump() | {"api_url": control_plane.address}
+    )
+    async with running_agent(moved) as agent:
+        assert agent.credentials.api_url == control_plane.address

@@ -58,3 +58,43 @@ def test_corrupt_credentials_are_named(tmp_path):
     (tmp_path / "credentials.json").write_text("{")
     with pytest.raises(CredentialsError, match="unreadable"):
         Credentials.load(tmp_path)
+
+
+def test_runtime_settings_from_the_environment_merge_and_keep_their_types(
+    tmp_path, monkeypatch
+):
+    file = tmp_path / "config.toml"
+    file.write_text(
+        "[runtimes.memory]\ndelay = { start = 1 }\n[runtimes.docker]\npull = true\n"
+    )
+    monkeypatch.setenv("NODEVISOR_RUNTIMES__MEMORY__FAIL", '["start"]')
+    monkeypatch.setenv("NODEVISOR_RUNTIMES__DOCKER__TIMEOUT", "30")
+    monkeypatch.setenv("NODEVISOR_RUNTIMES__DOCKER__BASE_URL", "unix:///run/d.sock")
+    config = load_config(file)
+    assert config.runtimes == {
+        "memory": {"delay": {"start": 1}, "fail": ["start"]},
+        "docker": {"pull": True, "timeout": 30, "base_url": "unix:///run/d.sock"},
+    }
+
+
+def test_a_bad_environment_value_is_a_config_error(tmp_path, monkeypatch):
+    file = tmp_path / "config.toml"
+    file.write_text("")
+    monkeypatch.setenv("NODEVISOR_CATALOGUE", "/not/json")
+    with pytest.raises(ConfigError, match="NODEVISOR_"):
+        load_config(file)
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path):
+    file = tmp_path / "config.toml"
+    file.write_bytes(b"api_url = '\xff'\n")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(file)
+
+
+def test_api_url_counts_as_set_only_when_given(tmp_path, monkeypatch):
+    file = tmp_path / "config.toml"
+    file.write_text("runtime = 'memory'\n")
+    assert not load_config(file).api_url_set
+    monkeypatch.setenv("NODEVISOR_API_URL", "127.0.0.1:9")
+    assert load_config(file).api_url_set
