@@ -15,6 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from blockjoy.api.v1 import command_flow_pb2
 
+from .._outbox import MAX_MESSAGE_BYTES
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
 from ._db import Database
 from ._errors import CommandTimeout, InvalidRequest, Unauthenticated, abort_on_error
@@ -91,6 +92,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> AsyncIterator[admin_pb2.SendCommandResponse]:
         async with abort_on_error(context):
             self._authorize(context)
+            size = request.command.ByteSize()
+            if size > MAX_MESSAGE_BYTES:
+                raise InvalidRequest(
+                    f"the command is {size} bytes; a host accepts at most "
+                    f"{MAX_MESSAGE_BYTES}"
+                )
             timeout = math.inf
             if request.HasField("timeout"):
                 timeout = request.timeout.ToTimedelta().total_seconds()

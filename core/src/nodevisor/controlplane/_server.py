@@ -12,6 +12,7 @@ import grpc
 
 from blockjoy.api.v1 import command_flow_pb2_grpc, host_pb2_grpc
 
+from .._outbox import MAX_MESSAGE_BYTES
 from ..admin.v1 import admin_pb2_grpc
 from ._admin_api import AdminServicer
 from ._agent_api import CommandFlowServicer, HostsServicer
@@ -23,6 +24,15 @@ from ._tokens import ensure_admin_token
 __all__ = ["DATABASE_FILE", "ControlPlane", "serve"]
 
 log = logging.getLogger(__name__)
+
+#: No second server may bind a port already in use (gRPC allows it by
+#: default, and would split the agents between the two); messages are
+#: limited as the agent limits them.
+SERVER_OPTIONS = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
 
 DATABASE_FILE = "controlplane.sqlite3"
 
@@ -55,7 +65,7 @@ class ControlPlane:
             Database, self.data_dir / DATABASE_FILE
         )
         await db.call(db.mark_all_offline)
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         self._add_services(server, db)
         try:
             port = server.add_insecure_port(self.listen)
