@@ -113,3 +113,29 @@ async def test_no_wait_queues_and_tables_show_history(
     assert "node start" in row and "FINISHED" in row
     _, nodes, _ = await run_cli(cp, "nodes")
     assert node_id in nodes
+
+
+def _invoke(*args: str):
+    from click.testing import CliRunner
+
+    from nodevisor.cli import main
+
+    return CliRunner().invoke(main, list(args), env={"NODEVISOR_CP_DATA_DIR": ""})
+
+
+def test_send_subcommand_help_needs_no_host() -> None:
+    result = _invoke("control-plane", "send", "create", "--help")
+    assert result.exit_code == 0 and "--image" in result.output
+
+
+def test_send_without_a_host_names_the_missing_option() -> None:
+    result = _invoke("control-plane", "send", "start", "--node", str(uuid.uuid4()))
+    assert result.exit_code == 2 and "Missing option '--host'" in result.output
+
+
+@pytest.mark.parametrize("ttl", ["nan", "inf", "1e300", "0", "-5"])
+def test_an_otp_ttl_out_of_range_is_refused(tmp_path: Path, ttl: str) -> None:
+    result = _invoke(
+        "control-plane", "otp", "create", "--ttl", ttl, "--data-dir", str(tmp_path)
+    )
+    assert result.exit_code == 2 and "is not between 0 and" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -14,12 +15,12 @@ import anyio
 import click
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 
+from .._output import console
 from ..admin.v1 import admin_pb2
 from ._client import AdminClient
 from ._commands import NODE_ACTIONS, describe_update, node_command
@@ -34,6 +35,8 @@ T = TypeVar("T")
 TIMED_OUT = 124
 
 STATUS = node_pb2.NodeInfo.ContainerStatus
+#: The longest a one-time password may stay valid: thirty days.
+MAX_TTL = 30 * 86400.0
 
 data_dir_option = click.option(
     "--data-dir",
@@ -103,9 +106,20 @@ def otp() -> None:
     """One-time passwords that provision hosts."""
 
 
+def _sane_ttl(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value) or not 0 < value <= MAX_TTL:
+        raise click.BadParameter(f"{value} is not between 0 and {MAX_TTL:g} seconds")
+    return value
+
+
 @otp.command("create")
 @click.option(
-    "--ttl", default=3600.0, show_default=True, help="Seconds the password stays valid."
+    "--ttl",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    callback=_sane_ttl,
+    help="Seconds the password stays valid.",
 )
 @api_option
 @data_dir_option
@@ -133,7 +147,7 @@ def hosts(api: str, data_dir: Path) -> None:
             _when(host.last_seen),
             _plugin_failures(host.info),
         )
-    Console().print(table)
+    console().print(table)
 
 
 def _plugin_failures(info: host_pb2.HostInfo) -> str:
@@ -161,7 +175,7 @@ def nodes(host_id: str, api: str, data_dir: Path) -> None:
             info.failure_reason,
             _when(node.updated_at),
         )
-    Console().print(table)
+    console().print(table)
 
 
 @control_plane.command()
@@ -185,7 +199,7 @@ def commands(host_id: str, api: str, data_dir: Path) -> None:
             record.response,
             _when(record.created_at),
         )
-    Console().print(table)
+    console().print(table)
 
 
 def _describe(command: command_flow_pb2.Command) -> str:
@@ -201,10 +215,14 @@ class _Target:
     """Where ``send`` sends its command, and how long it waits."""
 
     api: str
-    data_dir: Path
-    host_id: str
+    data_dir: Path | None
+    host_uuid: uuid.UUID | None
     seconds: float | None
     no_wait: bool
+
+    @property
+    def host_id(self) -> str:
+        return str(self.host_uuid)
 
 
 pass_target = click.make_pass_decorator(_Target)
@@ -218,8 +236,7 @@ node_option = click.option(
     "--host",
     "host_id",
     type=click.UUID,
-    required=True,
-    help="The host to send the command to.",
+    help="The host to send the command to (required).",
 )
 @click.option(
     "--timeout",
@@ -229,25 +246,36 @@ node_option = click.option(
 )
 @click.option("--no-wait", is_flag=True, help="Only queue the command.")
 @api_option
-@data_dir_option
+@click.option(
+    "--data-dir",
+    envvar="NODEVISOR_CP_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The control plane's data dir (env NODEVISOR_CP_DATA_DIR; required).",
+)
 @click.pass_context
 def send(
     ctx: click.Context,
-    host_id: uuid.UUID,
+    host_id: uuid.UUID | None,
     timeout: float | None,
     no_wait: bool,
     api: str,
-    data_dir: Path,
+    data_dir: Path | None,
 ) -> None:
     """Send a command to a host and print every update about it.
 
     Exits with 0 when the command's result has exit code 0, with the result's
     exit code otherwise, and with 124 when no result came within --timeout.
     """
-    ctx.obj = _Target(api, data_dir, str(host_id), timeout, no_wait)
+    # Checked when a command is sent rather than here, so that
+    # `send create --help` works without them.
+    ctx.obj = _Target(api, data_dir, host_id, timeout, no_wait)
 
 
 def _send_and_exit(target: _Target, command: command_flow_pb2.Command) -> None:
+    if target.host_uuid is None:
+        raise click.UsageError("Missing option '--host'.")
+    if target.data_dir is None:
+        raise click.UsageError("Missing option '--data-dir'.")
     try:
         code = _run(_send, target, command)
     except click.ClickException as exc:
@@ -259,12 +287,14 @@ def _send_and_exit(target: _Target, command: command_flow_pb2.Command) -> None:
 
 
 async def _send(target: _Target, command: command_flow_pb2.Command) -> int:
+    assert target.data_dir is not None
     async with AdminClient.for_data_dir(target.api, target.data_dir) as admin:
         if target.no_wait:
             record = await admin.queue_command(target.host_id, command)
             click.echo(f"queued {record.id}")
             return 0
         updates = admin.send_command(target.host_id, command, target.seconds)
+        await _warn_if_offline(admin, target.host_id)
         async for response in updates:
             click.echo(describe_update(response))
             if response.command_info.HasField("exit_code"):
@@ -272,6 +302,16 @@ async def _send(target: _Target, command: command_flow_pb2.Command) -> int:
     raise ControlPlaneError(
         f"control plane at {target.api} ended the stream before a result"
     )
+
+
+async def _warn_if_offline(admin: AdminClient, host_id: str) -> None:
+    hosts = {host.id: host for host in await admin.list_hosts()}
+    if host_id in hosts and not hosts[host_id].online:
+        click.echo(
+            f"host {host_id} is offline: the command waits in its queue until "
+            "its agent connects",
+            err=True,
+        )
 
 
 @send.command()
