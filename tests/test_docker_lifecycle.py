@@ -181,7 +181,7 @@ async def test_bad_commands_get_specific_results(control_plane, docker_host):
         (create(node_id, "x", url="nochain/1"), 8, "'nochain' is not in the catalogue"),
         (create(node_id, ""), 8, "node name is empty"),
         (create(node_id, "n" * 64), 8, "at most 63"),
-        (create(node_id, "../../etc"), 8, "may hold only letters"),
+        (create(node_id, "../../etc"), 8, "may hold only ASCII letters"),
         (command(node_id), 2, "carries no command"),
     ]
     for cmd, code, message in cases:

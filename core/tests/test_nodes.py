@@ -99,8 +99,8 @@ async def test_create_with_a_taken_name_fails_and_changes_nothing(
     [
         ("", "node name is empty"),
         ("x" * 64, "is 64 characters long; at most 63"),
-        ("../etc", "may hold only letters"),
-        ("a/b", "may hold only letters"),
+        ("../etc", "may hold only ASCII letters"),
+        ("a/b", "may hold only ASCII letters"),
         ("-lead", "must start with a letter or digit"),
     ],
 )
@@ -313,3 +313,25 @@ async def test_restart_says_when_its_stop_was_unclean(manager, memory, new_id):
         "its stop was unclean: killed by SIGKILL (it did not "
         "exit within 0.2s of SIGINT)"
     )
+
+
+async def test_a_node_removed_outside_is_recorded_then_made_again_by_start(
+    manager, memory, reports, new_id
+):
+    await running(manager, new_id)
+    memory.remove_out_of_band(new_id)
+    assert "is Stopped" in await manager.info(new_id)
+    assert "removed outside nodevisor" in reports[-1].failure
+    await manager.start(new_id)
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+    assert memory.calls["create"] == 2
+
+
+async def test_delete_of_a_node_removed_outside_goes_through_at_once(
+    manager, memory, reports, new_id
+):
+    await running(manager, new_id)
+    memory.remove_out_of_band(new_id)
+    assert "deleted" in await manager.delete(new_id)
+    assert reports.statuses(new_id)[-2:] == ["Deleting", "Deleted"]
+    assert memory.calls["stop"] == 0

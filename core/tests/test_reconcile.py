@@ -149,3 +149,14 @@ async def test_nodes_the_store_lost_are_adopted_untouched(
     assert {
         k: v for k, v in memory.calls.items() if k not in ("inspect", "list_nodes")
     } == {k: v for k, v in calls.items() if k not in ("inspect", "list_nodes")}
+
+
+async def test_a_running_node_removed_outside_is_made_again(
+    reconciler, manager, memory, reports, new_id
+):
+    await running(manager, new_id)
+    memory.remove_out_of_band(new_id)
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+    assert reports.statuses(new_id)[-3:] == ["Stopped", "Starting", "Running"]
+    assert "removed outside nodevisor" in reports[-3].failure

@@ -60,8 +60,8 @@ def validate_name(name: str) -> str:
         )
     if not _NAME.match(name):
         raise InvalidArgument(
-            f"node name {name!r} may hold only letters, digits, '-', '_' and '.', "
-            "and must start with a letter or digit"
+            f"node name {name!r} may hold only ASCII letters, digits, '-', '_' "
+            "and '.', and must start with a letter or digit"
         )
     return name
 
@@ -243,7 +243,7 @@ class NodeManager:
         node = await self.require(node_id)
         if node.status is S.Running:
             return f"node {node_id} is running already"
-        self._need(node, S.Stopped, "start")
+        self._need(node, S.Stopped, command="start")
         runtime = self.runtime(node.runtime)
         node = await self._expect(node, S.Running)
         await self._start(node, runtime)
@@ -251,14 +251,27 @@ class NodeManager:
 
     async def _start(self, node: NodeRecord, runtime: Runtime) -> NodeRecord:
         node = await self._move(node, S.Starting)
-        await self._guarded(node, runtime, runtime.start(self.spec(node)))
+        spec = self.spec(node)
+        await self._guarded(node, runtime, self._recreate_if_missing(runtime, spec))
+        await self._guarded(node, runtime, runtime.start(spec))
         return await self._move(node, S.Running)
+
+    async def _recreate_if_missing(self, runtime: Runtime, spec: NodeSpec) -> None:
+        # A container or VM removed behind the agent's back is made again on
+        # start; the runtime keeps chain data apart, so what is left is used.
+        if await runtime.inspect(spec.id) is not None:
+            return
+        log.warning(
+            "node %s: the runtime has no trace of it; creating it again", spec.id
+        )
+        await runtime.prepare(spec)
+        await runtime.create(spec)
 
     async def stop(self, node_id: str) -> str:
         node = await self.require(node_id)
         if node.status is S.Stopped:
             return f"node {node_id} is stopped already"
-        self._need(node, S.Running, "stop")
+        self._need(node, S.Running, command="stop")
         runtime = self.runtime(node.runtime)
         node = await self._expect(node, S.Stopped)
         _, unclean = await self._stop(node, runtime)
@@ -282,8 +295,7 @@ class NodeManager:
 
     async def restart(self, node_id: str) -> str:
         node = await self.require(node_id)
-        if node.status not in (S.Running, S.Stopped):
-            self._need(node, S.Running, "restart")
+        self._need(node, S.Running, S.Stopped, command="restart")
         runtime = self.runtime(node.runtime)
         node = await self._expect(node, S.Running)
         unclean = ""
@@ -307,7 +319,7 @@ class NodeManager:
             return f"node {node_id} runs {release.url} already"
         if not runtime.capabilities.upgrade:
             raise NotSupported(f"runtime {runtime.name!r} cannot upgrade nodes")
-        self._need(node, S.Running, "upgrade")
+        self._need(node, S.Running, command="upgrade")
 
         old, new = self.spec(node), self.spec(node, release)
         try:
@@ -353,10 +365,11 @@ class NodeManager:
 
     async def delete(self, node_id: str) -> str:
         node = await self.require(node_id)
-        if node.status not in (S.Running, S.Stopped):
-            self._need(node, S.Stopped, "delete")
+        self._need(node, S.Running, S.Stopped, command="delete")
         runtime = self.runtime(node.runtime)
         node = await self._expect(node, S.Deleted)
+        if node.status is S.Running and await runtime.inspect(node_id) is None:
+            node = await self._save(node.replace(status=S.Stopped), "found absent")
         if node.status is S.Running:
             node, _ = await self._stop(node, runtime)
         node = await self._move(node, S.Deleting)
@@ -369,7 +382,7 @@ class NodeManager:
         runtime = self.runtime(node.runtime)
         if not runtime.capabilities.snapshot:
             raise NotSupported(f"runtime {runtime.name!r} cannot snapshot nodes")
-        self._need(node, S.Stopped, "snapshot")
+        self._need(node, S.Stopped, command="snapshot")
         node = await self._expect(node, S.Running)
         destination = self.snapshot_dir / node_id
         await anyio.Path(destination).mkdir(parents=True, exist_ok=True)
@@ -402,8 +415,7 @@ class NodeManager:
             why = f"found {observed.name} outside nodevisor{detail}"
             node = await self._save(node.replace(status=observed, failure=why), why)
         elif actual is None and node.status.settled:
-            why = f"the runtime {runtime.name!r} has no trace of the node"
-            node = await self._save(node.replace(failure=why), why)
+            node = await self._record_missing(node, runtime)
         else:
             self._report(node)
         return f"node {node_id} is {node.status.name}"
@@ -495,11 +507,19 @@ class NodeManager:
             await runtime.create(spec)
             await self._save(node.replace(status=S.Stopped), "create finished")
             return "finished an interrupted create"
-        why = f"runtime {runtime.name!r} has no trace of the node"
-        if node.failure == why:
-            return None
-        await self._save(node.replace(failure=why), why)
+        if node.failure == _missing(runtime) and node.status is S.Stopped:
+            return None  # reported before; the next start makes it again
+        node = await self._record_missing(node, runtime)
+        if node.expected is S.Running:
+            await self._start(node, runtime)
+            return "made the missing node again and started it"
         return "reported the node missing"
+
+    async def _record_missing(self, node: NodeRecord, runtime: Runtime) -> NodeRecord:
+        why = _missing(runtime)
+        if node.status is S.Deleted:
+            return node
+        return await self._save(node.replace(status=S.Stopped, failure=why), why)
 
     async def _finish_delete(self, node: NodeRecord, runtime: Runtime) -> str:
         await runtime.delete(node.id)
@@ -530,12 +550,20 @@ class NodeManager:
         await self._save(node.replace(journal=None, status=status, failure=why), why)
         return why
 
-    def _need(self, node: NodeRecord, status: NodeStatus, command: str) -> None:
-        if node.status is not status:
+    def _need(self, node: NodeRecord, *allowed: NodeStatus, command: str) -> None:
+        if node.status not in allowed:
+            needed = " or ".join(status.name for status in allowed)
             raise InvalidTransition(
                 f"cannot {command} node {node.id}: it is {node.status.name}, "
-                f"and {command} needs it {status.name}"
+                f"and {command} needs it {needed}"
             )
+
+
+def _missing(runtime: Runtime) -> str:
+    return (
+        f"runtime {runtime.name!r} has no trace of the node: it was removed "
+        "outside nodevisor; a start makes it again"
+    )
 
 
 def _split_url(url: str) -> tuple[str, str]:
