@@ -160,3 +160,21 @@ async def test_a_running_node_removed_outside_is_made_again(
     assert (await memory.inspect(new_id)).state is NodeState.RUNNING
     assert reports.statuses(new_id)[-3:] == ["Stopped", "Starting", "Running"]
     assert "removed outside nodevisor" in reports[-3].failure
+
+
+async def test_a_runtime_event_gets_the_node_checked_without_a_pass(
+    reconciler, manager, memory, new_id
+):
+    await running(manager, new_id)
+    send, receive = anyio.create_memory_object_stream[str](10)
+    memory.changes = lambda: receive  # an engine's event feed
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reconciler.follow, memory)
+        memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+        await send.send(new_id)
+        await anyio.sleep(0.05)  # the feed hands the id on
+        with anyio.fail_after(5):
+            await reconciler.dispatcher.wait_idle()
+        tasks.cancel_scope.cancel()
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+    assert (await manager.require(new_id)).status is S.Running

@@ -149,6 +149,8 @@ class Agent:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.stream.run)
             tasks.start_soon(self.reconciler.run)
+            for runtime in nodes.runtimes.values():
+                tasks.start_soon(self._follow, runtime)
             await stop.wait()
             await self._drain(dispatcher)
             tasks.cancel_scope.cancel()
@@ -198,6 +200,13 @@ class Agent:
     async def _greeting(self, nodes: NodeManager) -> list[command_flow_pb2.InfoUpdate]:
         updates = [host_update(await self._host_info())]
         return updates + [node_update(node) for node in await nodes.nodes()]
+
+    async def _follow(self, runtime: Runtime) -> None:
+        assert self.reconciler is not None
+        try:
+            await self.reconciler.follow(runtime)
+        except Exception:  # the periodic passes still cover this runtime
+            log.exception("the event feed of runtime %r failed", runtime.name)
 
     async def _heartbeat(self) -> None:
         self._emit(host_update(await self._host_info()))

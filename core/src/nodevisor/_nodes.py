@@ -375,6 +375,9 @@ class NodeManager:
         node = await self._move(node, S.Deleting)
         await self._guarded(node, runtime, runtime.delete(node_id))
         await self._move(node, S.Deleted)
+        kept = self.snapshot_dir / node_id
+        if await anyio.Path(kept).exists():
+            return f"node {node_id} deleted with its data; its snapshots stay in {kept}"
         return f"node {node_id} deleted with its data"
 
     async def snapshot(self, node_id: str) -> str:
@@ -385,7 +388,7 @@ class NodeManager:
         self._need(node, S.Stopped, command="snapshot")
         node = await self._expect(node, S.Running)
         destination = self.snapshot_dir / node_id
-        await anyio.Path(destination).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(destination).mkdir(mode=0o700, parents=True, exist_ok=True)
         node = await self._move(node, S.Snapshotting)
         path = await self._guarded(
             node, runtime, runtime.snapshot(self.spec(node), destination)

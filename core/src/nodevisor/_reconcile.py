@@ -22,7 +22,7 @@ import anyio
 
 from ._dispatch import Dispatcher
 from ._nodes import NodeManager
-from ._runtime import RuntimeNode
+from ._runtime import Runtime, RuntimeNode
 from ._states import NodeStatus
 from ._store import NodeRecord
 
@@ -64,6 +64,24 @@ class Reconciler:
         while True:
             await anyio.sleep(self.interval)
             await self.reconcile()
+
+    async def follow(self, runtime: Runtime) -> None:
+        """Check each node the runtime's event feed names, as it names it."""
+        feed = runtime.changes()
+        if feed is None:
+            return
+        log.info("following the events of runtime %r", runtime.name)
+        async for node_id in feed:
+            self.nudge(node_id)
+
+    def nudge(self, node_id: str) -> bool:
+        """Check one node now (unless busy, backing off or given up on)."""
+        tries = self._tries.get(node_id)
+        if tries is not None and (
+            tries.given_up or time.monotonic() < tries.not_before
+        ):
+            return False
+        return self._schedule(node_id)
 
     async def reconcile(self, *, adopt: bool = False) -> int:
         """One pass over every node; how many steps were scheduled."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -229,6 +229,16 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     async def list_nodes(self) -> list[RuntimeNode]:
         """Return every node this runtime owns on this host."""
+
+    def changes(self) -> AsyncIterator[str] | None:
+        """Ids of nodes whose state the engine says changed, as it happens.
+
+        Optional. A runtime whose engine reports events (a VM that stopped,
+        a container that died) returns an async iterator of node ids; the
+        agent checks each such node at once instead of waiting for its next
+        periodic pass. The default, ``None``, means no such feed.
+        """
+        return None
 
     async def aclose(self) -> None:
         """Release the runtime's connections. Called once, at agent exit."""

@@ -76,6 +76,10 @@ class LibvirtRuntime(Runtime):
         """
         return self._hub.subscribe()
 
+    def changes(self) -> AsyncIterator[str]:
+        """The node id of every lifecycle event, for the agent to check."""
+        return _node_ids(self.events())
+
     def last_event(self, node_id: str) -> DomainEvent | None:
         """The most recent lifecycle event of the node's domain, if any."""
         return self._hub.last(node_id)
@@ -286,3 +290,8 @@ def _describe(domain: libvirt.virDomain, tag: _domain.NodeTag) -> RuntimeNode:
         url=tag.url,
         detail=detail,
     )
+
+
+async def _node_ids(events: AsyncIterator[DomainEvent]) -> AsyncIterator[str]:
+    async for event in events:
+        yield event.node_id
