@@ -18,7 +18,7 @@ from blockjoy.api.v1 import (
     host_pb2_grpc,
 )
 
-from ._db import Database
+from ._db import Database, Recorded
 from ._errors import InvalidRequest, abort_on_error
 from ._hub import Event, Hub, Session
 from ._tokens import bearer_token
@@ -39,12 +39,22 @@ async def record(
 ) -> str | None:
     """Store and publish one update; why it was not applied, if it was not."""
     recorded = await db.call(db.record_update, host_id, update)
+    _published(hub, host_id, time.time(), update, recorded)
+    return recorded.error
+
+
+def _published(
+    hub: Hub,
+    host_id: str,
+    received_at: float,
+    update: command_flow_pb2.InfoUpdate,
+    recorded: Recorded,
+) -> None:
     if recorded.error:
         log.warning(
             "host %s sent an update that was not applied: %s", host_id, recorded.error
         )
-    hub.publish(Event(host_id, time.time(), update, recorded.command_id))
-    return recorded.error
+    hub.publish(Event(host_id, received_at, update, recorded.command_id))
 
 
 class HostsServicer(host_pb2_grpc.HostsServicer):
@@ -125,12 +135,49 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
     async def _receive(
         self, session: Session, updates: AsyncIterator[command_flow_pb2.InfoUpdate]
     ) -> None:
-        async for update in updates:
-            try:
-                await record(self._db, self._hub, session.host_id, update)
-            except Exception:
-                log.exception("could not record an update of host %s", session.host_id)
+        """Record updates as they arrive; those that came meanwhile in one commit.
+
+        Returns once the agent stopped sending and everything it sent is
+        recorded.
+        """
+        inbox: list[command_flow_pb2.InfoUpdate] = []
+        arrived = asyncio.Event()
+        ended = False
+
+        async def read() -> None:
+            nonlocal ended
+            async for update in updates:
+                inbox.append(update)
+                arrived.set()
+            ended = True
+            arrived.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read)
+            while not (ended and not inbox):
+                await arrived.wait()
+                arrived.clear()
+                batch = inbox[:]
+                inbox.clear()
+                await self._record(session, batch)
+
+    async def _record(
+        self, session: Session, batch: list[command_flow_pb2.InfoUpdate]
+    ) -> None:
+        host_id = session.host_id
+        try:
+            results = await self._db.call(self._db.record_updates, host_id, batch)
+        except Exception:  # unconfirmed: the agent sends them again
+            log.exception("could not record %d updates of host %s", len(batch), host_id)
+            return
+        now = time.time()
+        for update, recorded in zip(batch, results, strict=True):
+            if isinstance(recorded, Exception):
+                log.error(
+                    "could not record an update of host %s: %r", host_id, recorded
+                )
                 continue
+            _published(self._hub, host_id, now, update, recorded)
             session.stored(update.seq)
 
     async def _send(self, session: Session, context: grpc.aio.ServicerContext) -> None:
@@ -143,9 +190,11 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
             )
             for seq, command_id, command in pending:
                 await context.write(command)
-                await self._db.call(self._db.mark_sent, command_id)
                 log.debug("sent command %s to host %s", command_id, session.host_id)
                 last = seq
+            if pending:
+                sent = [command_id for _, command_id, _ in pending]
+                await self._db.call(self._db.mark_sent, sent)
             await self._confirm(session, context)
             await session.wake.wait()
             session.wake.clear()

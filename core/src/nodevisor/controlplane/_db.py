@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -241,12 +241,17 @@ class Database:
             for row in rows
         ]
 
-    def mark_sent(self, command_id: str) -> None:
+    def mark_sent(self, command_ids: Iterable[str]) -> None:
+        """The commands were written to their host's stream: one commit."""
+        now = time.time()
         with self._transaction() as db:
-            db.execute(
+            db.executemany(
                 "UPDATE commands SET state = ?, updated_at = ? WHERE id = ?"
                 " AND state = ?",
-                (CommandState.SENT, time.time(), command_id, CommandState.QUEUED),
+                (
+                    (CommandState.SENT, now, command_id, CommandState.QUEUED)
+                    for command_id in command_ids
+                ),
             )
 
     def list_commands(self, host_id: str = "") -> list[admin_pb2.CommandRecord]:
@@ -263,16 +268,32 @@ class Database:
         self, host_id: str, update: command_flow_pb2.InfoUpdate
     ) -> Recorded:
         """Store ``update`` and apply it to the host, node or command it is about."""
-        now, kind = time.time(), update.WhichOneof("info")
-        with self._transaction() as db:
-            recorded = _apply(db, host_id, update, now)
-            db.execute(
-                "INSERT INTO updates (host_id, received_at, kind, payload, error)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (host_id, now, kind, update.SerializeToString(), recorded.error),
-            )
-            db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (now, host_id))
+        (recorded,) = self.record_updates(host_id, [update])
+        if isinstance(recorded, Exception):
+            raise recorded
         return recorded
+
+    def record_updates(
+        self, host_id: str, updates: Sequence[command_flow_pb2.InfoUpdate]
+    ) -> list[Recorded | Exception]:
+        """Store and apply ``updates`` in order, in one commit.
+
+        An update whose recording raises is rolled back alone; its exception
+        takes its place in the result, and the others are kept.
+        """
+        now = time.time()
+        results: list[Recorded | Exception] = []
+        with self._transaction() as db:
+            for update in updates:
+                db.execute("SAVEPOINT one_update")
+                try:
+                    results.append(_record(db, host_id, update, now))
+                except Exception as exc:  # handed back to the caller, in its place
+                    db.execute("ROLLBACK TO one_update")
+                    results.append(exc)
+                db.execute("RELEASE one_update")
+            db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (now, host_id))
+        return results
 
     def updates(self, host_id: str) -> list[tuple[float, str | None, str | None]]:
         """``(received_at, kind, error)`` of every update of ``host_id``."""
@@ -358,6 +379,27 @@ def _with_meta(
 
 def _node_id(command: command_flow_pb2.Command) -> str:
     return command.node.id.value if command.HasField("node") else ""
+
+
+def _record(
+    db: sqlite3.Connection,
+    host_id: str,
+    update: command_flow_pb2.InfoUpdate,
+    now: float,
+) -> Recorded:
+    recorded = _apply(db, host_id, update, now)
+    db.execute(
+        "INSERT INTO updates (host_id, received_at, kind, payload, error)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (
+            host_id,
+            now,
+            update.WhichOneof("info"),
+            update.SerializeToString(),
+            recorded.error,
+        ),
+    )
+    return recorded
 
 
 def _apply(
