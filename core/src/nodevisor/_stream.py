@@ -186,7 +186,12 @@ class CommandStream:
             while True:
                 await call.write(await self.outbox.next())
                 self.outbox.sent()
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, RuntimeError) as exc:
+        except (
+            grpc.aio.AioRpcError,
+            grpc.aio.UsageError,
+            asyncio.InvalidStateError,
+            RuntimeError,
+        ) as exc:
             # The reader sees the same failure and ends the session; what was
             # not confirmed goes out again on the next stream.
             log.debug("writing to the stream failed: %r", exc)
