@@ -42,6 +42,12 @@ CHANNEL_OPTIONS = (
 )
 
 
+_NEEDS_AN_OPERATOR = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
+
+
 class Backoff:
     """Exponential delays with jitter, capped; reset after a good stream."""
 
@@ -102,18 +108,27 @@ class CommandStream:
                 await self._session()
                 log.warning("the control plane closed the stream")
             except grpc.aio.AioRpcError as exc:
-                log.warning(
-                    "stream to %s failed: %s: %s",
-                    self.credentials.api_url,
-                    exc.code().name,
-                    exc.details(),
-                )
+                self._log_failure(exc)
+            except Exception:  # a bug here must not end the agent: reconnect
+                log.exception("the stream to %s failed", self.credentials.api_url)
             self.connected = anyio.Event()
             if time.monotonic() - opened > self.HEALTHY_AFTER:
                 self._backoff.reset()
             delay = self._backoff.next()
             log.info("reconnecting in %.1fs", delay)
             await anyio.sleep(delay)
+
+    def _log_failure(self, exc: grpc.aio.AioRpcError) -> None:
+        code = exc.code()
+        # A refused token or host needs an operator; anything else heals.
+        level = logging.ERROR if code in _NEEDS_AN_OPERATOR else logging.WARNING
+        log.log(
+            level,
+            "stream to %s failed: %s: %s",
+            self.credentials.api_url,
+            code.name,
+            exc.details(),
+        )
 
     async def _session(self) -> None:
         target = self.credentials.api_url
