@@ -578,3 +578,143 @@ async def test_kill_9_at_random_points(control_plane, memory_agent):
         f"seed {seed}: {len(final)} commands, {cut_short} interrupted, "
         f"{repeats} with repeated results, {agent.connects()} streams"
     )
+
+
+# 2. the control plane restarted mid-stream
+
+
+async def test_control_plane_restarted_mid_stream(tmp_path, memory_agent):
+    """Commands queued before the control plane stops, some still running or
+    waiting in the agent when it goes, and commands queued after it is back
+    on the same port and data dir: each gets exactly one final result, each
+    runs once, and what the agent did while the control plane was away (node
+    statuses, results) arrives once it is back."""
+    address, cp_dir = free_address(), tmp_path / "cp"
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    async with running_control_plane(cp_dir, listen=address) as cp:
+        agent = await memory_agent(cp, memory={"delay": {"start": 1.5}})
+        agent.start()
+        await agent.wait_connected(1)
+        assert (await run(cp, agent.host_id, create(a, "alpha")))[0] == 0
+        assert (await run(cp, agent.host_id, create(b, "beta")))[0] == 0
+        start_a = await cp.admin.queue_command(agent.host_id, action(a, "start"))
+        await cp.admin.queue_command(agent.host_id, action(b, "start"))
+        await cp.admin.queue_command(agent.host_id, action(a, "stop"))
+        await wait_state(cp, start_a.id, 3)
+        went_down = time.time()
+    await anyio.sleep(4)  # both starts and the stop finish while it is down
+    assert agent.alive
+
+    async with running_control_plane(cp_dir, listen=address) as cp:
+        await cp.admin.queue_command(agent.host_id, action(b, "restart"))
+        await cp.admin.queue_command(agent.host_id, upgrade(b, "2"))
+        final = await assert_exactly_once(cp, agent)
+        assert all(code == 0 for code, _ in final.values()), final
+        await converge(cp, agent, {a: {("Stopped", "1")}, b: {("Running", "2")}})
+    reports = node_reports(cp_dir, a)
+    assert [Status.Name(r.container_status) for r in reports].count("Running") >= 1
+    assert agent.connects() >= 2
+    assert went_down
+
+
+# 3. a silent connection
+
+
+async def test_a_silent_connection_is_detected_and_replaced(
+    control_plane, memory_agent
+):
+    """The proxy between agent and control plane stops forwarding without
+    closing anything. The agent notices (its heartbeat goes unconfirmed for
+    heartbeat_timeout), opens a new stream through the proxy once it forwards
+    again, and delivers the result of the command that finished meanwhile;
+    the command sent into the void is sent again and runs once.
+
+    Uses heartbeat_interval = 1 s and heartbeat_timeout = 3 s; the transport
+    keepalive (every 330 s) would take minutes.
+    """
+    cp = control_plane
+    async with TcpProxy(cp.address) as proxy:
+        agent = await memory_agent(
+            cp,
+            api=proxy.address,
+            memory={"delay": {"start": 2.0}},
+            heartbeat_interval=1.0,
+            heartbeat_timeout=3.0,
+        )
+        agent.start()
+        await agent.wait_connected(1)
+        a, b = str(uuid.uuid4()), str(uuid.uuid4())
+        assert (await run(cp, agent.host_id, create(a, "alpha")))[0] == 0
+        assert (await run(cp, agent.host_id, create(b, "beta")))[0] == 0
+        start_a = await cp.admin.queue_command(agent.host_id, action(a, "start"))
+        await wait_state(cp, start_a.id, 3)
+
+        proxy.black_hole()
+        silenced = time.monotonic()
+        await cp.admin.queue_command(agent.host_id, action(b, "start"))
+        await anyio.sleep(1.0)
+        proxy.resume()
+        try:
+            await agent.wait_connected(2, seconds=20)
+        except TimeoutError:
+            raise AssertionError(
+                f"no new stream within 20s of a silenced one (agent alive: "
+                f"{agent.alive}); log: {agent.log}"
+            ) from None
+        final = await assert_exactly_once(cp, agent)
+        took = time.monotonic() - silenced
+
+    assert all(code == 0 for code, _ in final.values()), final
+    assert "looks dead" in agent.output()
+    assert proxy.forwarded >= 2 and agent.connects() >= 2
+    assert took < 20, f"the dead stream took {took:.0f}s to be replaced"
+    await converge(cp, agent, {a: {("Running", "1")}, b: {("Running", "1")}})
+
+
+# 4. the stream cut right after a command or a result
+
+
+async def test_cuts_right_after_a_command_or_a_result_is_sent(
+    control_plane, memory_agent
+):
+    """The proxy closes the connection at four moments of a command's trip:
+    right after the control plane sent it, right after the agent acked it,
+    right after the agent sent its result, right after the control plane
+    stored the result. Each command still runs once and has one final
+    result; repeats the control plane received are identical."""
+    cp = control_plane
+    async with TcpProxy(cp.address) as proxy:
+        agent = await memory_agent(
+            cp, api=proxy.address, memory={"delay": {"start": 1.0}}
+        )
+        agent.start()
+        await agent.wait_connected(1)
+        nodes = [str(uuid.uuid4()) for _ in range(4)]
+        for number, node in enumerate(nodes):
+            assert (await run(cp, agent.host_id, create(node, f"n{number}")))[0] == 0
+
+        async def sent(record):
+            await wait_state(cp, record.id, 2)
+
+        async def acked(record):
+            await wait_state(cp, record.id, 3)
+
+        async def result_sent(record):
+            marker = f"command {record.id} (node.start): exit code"
+            await eventually(lambda: marker in agent.output(), 20, every=0.002)
+
+        async def result_stored(record):
+            await wait_state(cp, record.id, FINISHED)
+
+        for node, moment in zip(
+            nodes, [sent, acked, result_sent, result_stored], strict=True
+        ):
+            opened = agent.connects()
+            record = await cp.admin.queue_command(agent.host_id, action(node, "start"))
+            await moment(record)
+            assert proxy.cut() >= 1
+            await agent.wait_connected(opened + 1)
+
+        final = await assert_exactly_once(cp, agent)
+    assert all(code == 0 for code, _ in final.values()), final
+    await converge(cp, agent, {node: {("Running", "1")} for node in nodes})
