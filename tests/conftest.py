@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -67,12 +68,28 @@ class AgentProcess:
 @pytest.fixture
 async def docker_host(tmp_path, control_plane, docker_client, litecoin_images):
     """A provisioned host whose agent runs the Docker runtime; cleaned up after."""
+    async with _docker_agent(tmp_path, control_plane, docker_client) as host:
+        yield host
+
+
+@pytest.fixture
+async def reconciling_docker_host(
+    tmp_path, control_plane, docker_client, litecoin_images
+):
+    """As ``docker_host``, with a reconciler pass every second."""
+    extra = "reconcile_interval = 1\nreconcile_attempts = 100\n"
+    async with _docker_agent(tmp_path, control_plane, docker_client, extra) as host:
+        yield host
+
+
+@contextlib.asynccontextmanager
+async def _docker_agent(tmp_path, control_plane, docker_client, extra: str = ""):
     data_dir = tmp_path / "agent"
     config = tmp_path / "agent.toml"
     config.write_text(
         f'api_url = "{control_plane.address}"\n'
         f'data_dir = "{data_dir}"\n'
-        'runtime = "docker"\n'
+        'runtime = "docker"\n' + extra
     )
     otp = await control_plane.admin.create_otp()
     provisioned = await anyio.run_process(

@@ -1,0 +1,132 @@
+"""Fault injection on the Docker engine: a node's container killed from
+outside, and the Docker daemon itself restarted under running nodes. The
+agent is a real process with a reconciler pass every second; what it
+reports is read from the control plane's store of every update."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+
+from blockjoy.api.v1 import common_pb2, node_pb2
+
+from .test_faults import action, eventually, node_command, node_reports, run
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+Status = node_pb2.NodeInfo.ContainerStatus
+URL = "litecoin-regtest/0.21.2-1"
+DOCKER_PID = Path("/var/run/docker.pid")
+# The way scripts/setup starts the daemon.
+START_DOCKERD = "nohup dockerd >/var/log/nodevisor-dockerd.log 2>&1 &"
+
+
+def create(node_id: str, name: str):
+    image = common_pb2.ContainerImage(url=URL)
+    return node_command(node_id, create=node_pb2.NodeCreate(name=name, image=image))
+
+
+async def running_node(cp, host_id: str) -> str:
+    node_id = str(uuid.uuid4())
+    name = f"ltc-{node_id[:8]}"
+    assert (await run(cp, host_id, create(node_id, name), 120))[0] == 0
+    assert (await run(cp, host_id, action(node_id, "start"), 120))[0] == 0
+    return node_id
+
+
+def seen_stopped_then_running(cp, node_id: str, after: int) -> bool:
+    """Whether, after the first ``after`` reports, the control plane heard the
+    node was found stopped (with a reason) and then running again."""
+    reports = node_reports(cp.data_dir, node_id)[after:]
+    for number, info in enumerate(reports):
+        if info.container_status == Status.Stopped and info.failure_reason:
+            later = reports[number + 1 :]
+            return any(r.container_status == Status.Running for r in later)
+    return False
+
+
+def docker_answers() -> bool:
+    done = subprocess.run(["docker", "info"], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def start_dockerd() -> None:
+    subprocess.run(["bash", "-c", START_DOCKERD], check=True)
+
+
+async def wait_docker(seconds: float = 60.0) -> None:
+    with anyio.fail_after(seconds):
+        while True:
+            if await anyio.to_thread.run_sync(docker_answers):
+                return
+            await anyio.sleep(0.5)
+
+
+@pytest.fixture
+async def dockerd_restored():
+    """Whatever a test does to dockerd, it answers again afterwards."""
+    yield
+    if not await anyio.to_thread.run_sync(docker_answers):
+        start_dockerd()
+        await wait_docker()
+
+
+async def test_a_container_killed_from_outside_is_reported_and_restarted(
+    control_plane, reconciling_docker_host, docker_client
+):
+    """``docker kill`` on a node's container: the reconciler records the
+    node stopped with a reason, reports it, and starts it again."""
+    cp = control_plane
+    host_id, agent = reconciling_docker_host
+    await cp.wait_online(host_id, seconds=30)
+    node_id = await running_node(cp, host_id)
+    container = docker_client.containers.get(f"nodevisor-{node_id}")
+    started = container.attrs["State"]["StartedAt"]
+    before = len(node_reports(cp.data_dir, node_id))
+
+    await anyio.to_thread.run_sync(container.kill)
+    await eventually(lambda: seen_stopped_then_running(cp, node_id, before), 60, 0.2)
+
+    container.reload()
+    assert container.status == "running"
+    assert container.attrs["State"]["StartedAt"] != started
+    assert agent.process.poll() is None
+
+
+async def test_dockerd_restarted_with_nodes_running(
+    control_plane, reconciling_docker_host, docker_client, dockerd_restored
+):
+    """SIGTERM to dockerd (its containers stop; their restart policy is "no"),
+    then dockerd started again as scripts/setup does. The agent stays up,
+    reports both nodes stopped with a reason, and has them running again
+    within 90 s of the engine answering."""
+    cp = control_plane
+    host_id, agent = reconciling_docker_host
+    await cp.wait_online(host_id, seconds=30)
+    nodes = [await running_node(cp, host_id) for _ in range(2)]
+    before = {node: len(node_reports(cp.data_dir, node)) for node in nodes}
+
+    pid = int(await anyio.Path(DOCKER_PID).read_text())
+    os.kill(pid, signal.SIGTERM)
+    await eventually(lambda: not Path(f"/proc/{pid}").exists(), 60, 0.2)
+    assert agent.process.poll() is None, "the agent died with the engine"
+    start_dockerd()
+    await wait_docker()
+    back = time.monotonic()
+
+    for node in nodes:
+        await eventually(
+            lambda node=node: seen_stopped_then_running(cp, node, before[node]),
+            max(1.0, 90 - (time.monotonic() - back)),
+            0.5,
+        )
+        container = docker_client.containers.get(f"nodevisor-{node}")
+        assert container.status == "running"
+    assert agent.process.poll() is None
