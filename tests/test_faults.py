@@ -154,7 +154,10 @@ class MemoryAgent(AgentProcess):
         """Wait until the agent has opened its ``connects``-th stream."""
 
         def opened() -> bool:
-            assert self.alive, self.output()[-3000:]
+            assert self.alive, (
+                f"the agent exited with {self.process.returncode}: "
+                f"{self.output()[-1500:]}"
+            )
             return self.connects() >= connects
 
         await eventually(opened, seconds)
