@@ -17,7 +17,7 @@ from blockjoy.api.v1 import command_flow_pb2
 from ._credentials import Credentials
 from ._outbox import MAX_MESSAGE_BYTES, Outbox
 
-__all__ = ["CHANNEL_OPTIONS", "Backoff", "CommandStream"]
+__all__ = ["CHANNEL_OPTIONS", "Backoff", "CommandStream", "SilentPeer"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ _NEEDS_AN_OPERATOR = (
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
 )
+
+
+class SilentPeer(Exception):
+    """The control plane stopped confirming updates on an open stream."""
 
 
 class Backoff:
@@ -98,6 +102,7 @@ class CommandStream:
         self._backoff = backoff or Backoff()
         self._options = options
         self._confirming = False
+        self._silent = False
         self.connected = anyio.Event()
 
     async def run(self) -> None:
@@ -109,6 +114,8 @@ class CommandStream:
                 log.warning("the control plane closed the stream")
             except grpc.aio.AioRpcError as exc:
                 self._log_failure(exc)
+            except SilentPeer:
+                pass  # logged by the watchdog
             except Exception:  # a bug here must not end the agent: reconnect
                 log.exception("the stream to %s failed", self.credentials.api_url)
             self.connected = anyio.Event()
@@ -145,6 +152,13 @@ class CommandStream:
             ]
             try:
                 await self._read(call)
+            except asyncio.CancelledError:
+                # The watchdog cancels the call of a silent peer, which grpc
+                # reports as a cancellation; that one means reconnect.
+                task = asyncio.current_task()
+                if self._silent and task is not None and not task.cancelling():
+                    raise SilentPeer(target) from None
+                raise
             finally:
                 for task in helpers:
                     task.cancel()
@@ -172,7 +186,7 @@ class CommandStream:
         Only a control plane that confirms updates can be watched this way;
         with one that does not, the transport keepalive is the only check.
         """
-        self._confirming = False
+        self._confirming = self._silent = False
         last_beat = time.monotonic()
         while True:
             await anyio.sleep(min(1.0, self._heartbeat_interval / 4))
@@ -184,6 +198,7 @@ class CommandStream:
                     "looks dead, reconnecting",
                     now - since,
                 )
+                self._silent = True
                 call.cancel()
                 return
             if self._heartbeat and now - last_beat >= self._heartbeat_interval:
