@@ -604,7 +604,6 @@ async def test_control_plane_restarted_mid_stream(tmp_path, memory_agent):
         await cp.admin.queue_command(agent.host_id, action(b, "start"))
         await cp.admin.queue_command(agent.host_id, action(a, "stop"))
         await wait_state(cp, start_a.id, 3)
-        went_down = time.time()
     await anyio.sleep(4)  # both starts and the stop finish while it is down
     assert agent.alive
 
@@ -617,7 +616,6 @@ async def test_control_plane_restarted_mid_stream(tmp_path, memory_agent):
     reports = node_reports(cp_dir, a)
     assert [Status.Name(r.container_status) for r in reports].count("Running") >= 1
     assert agent.connects() >= 2
-    assert went_down
 
 
 # 3. a silent connection
