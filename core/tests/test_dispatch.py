@@ -4,6 +4,7 @@ import uuid
 
 import anyio
 import pytest
+from google.protobuf import any_pb2, wrappers_pb2
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 from nodevisor import ExitCode
@@ -171,12 +172,33 @@ async def test_errors_become_results_and_the_dispatcher_carries_on(dispatch, new
     ]
 
 
-async def test_generic_node_commands_are_not_supported_yet(dispatch, new_id):
+def generic(**params) -> node_pb2.NodeGenericCommand:
+    boxes = []
+    for name, value in params.items():
+        box = any_pb2.Any()
+        box.Pack(value)
+        boxes.append(common_pb2.Parameter(name=name, value=box))
+    return node_pb2.NodeGenericCommand(params=boxes)
+
+
+async def test_a_generic_command_the_spec_does_not_declare_is_refused(dispatch, new_id):
+    dispatcher, sent = dispatch
+    dispatcher.submit(create_command(new_id))
+    name = wrappers_pb2.StringValue(value="reboot")
+    dispatcher.submit(node_command(new_id, generic=generic(command=name)))
+    await settle(dispatcher)
+    _, code, response = sent.results()[-1]
+    assert code == ExitCode.NOT_SUPPORTED
+    assert "declares no generic command 'reboot'" in response
+
+
+async def test_a_generic_command_without_a_name_is_invalid(dispatch, new_id):
     dispatcher, sent = dispatch
     dispatcher.submit(create_command(new_id))
     dispatcher.submit(node_command(new_id, generic=node_pb2.NodeGenericCommand()))
     await settle(dispatcher)
-    assert sent.results()[-1][1] == ExitCode.NOT_SUPPORTED
+    _, code, response = sent.results()[-1]
+    assert code == ExitCode.INVALID_COMMAND and "names no command" in response
 
 
 @pytest.mark.parametrize(

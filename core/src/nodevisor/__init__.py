@@ -31,12 +31,14 @@ from ._errors import (
     UpgradeFailed,
 )
 from ._hookspecs import hookimpl, hookspec
+from ._interface import GenericCommand, Parameter, ProtocolInterface
 from ._runtime import (
     CONTRACT_VERSION,
     Capabilities,
     ExecResult,
     NodeSpec,
     NodeState,
+    ProtocolStatus,
     Runtime,
     RuntimeContext,
     RuntimeNode,
@@ -60,6 +62,7 @@ __all__ = [
     "CredentialsError",
     "ExecResult",
     "ExitCode",
+    "GenericCommand",
     "ImageUnavailable",
     "InvalidArgument",
     "InvalidCommand",
@@ -69,7 +72,10 @@ __all__ = [
     "NodeState",
     "NodevisorError",
     "NotSupported",
+    "Parameter",
     "PluginError",
+    "ProtocolInterface",
+    "ProtocolStatus",
     "Release",
     "Runtime",
     "RuntimeContext",

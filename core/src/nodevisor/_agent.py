@@ -27,6 +27,7 @@ from ._messages import command_result, host_update, node_update
 from ._nodes import NodeManager
 from ._outbox import Outbox
 from ._plugins import PluginManager
+from ._protocol import ProtocolWatch
 from ._reconcile import Reconciler
 from ._runtime import Runtime, RuntimeContext
 from ._states import NodeStatus
@@ -94,6 +95,7 @@ class Agent:
         #: Set once the stream exists; then ``stream.connected`` tells more.
         self.started = anyio.Event()
         self.reconciler: Reconciler | None = None
+        self.protocol: ProtocolWatch | None = None
         self._statuses: dict[str, NodeStatus] = {}
         self._observers: TaskGroup | None = None
 
@@ -109,6 +111,9 @@ class Agent:
             self.outbox = Outbox(db)
             await self.outbox.load()
             nodes = await self._node_manager(stack, db)
+            self.protocol = ProtocolWatch(
+                nodes, self._report, interval=self.config.protocol_interval
+            )
             dispatcher = await stack.enter_async_context(
                 Dispatcher(
                     nodes=nodes,
@@ -116,6 +121,7 @@ class Agent:
                     emit=self._emit,
                     host_info=self._host_info,
                     finished=self._command_finished,
+                    protocol=self.protocol,
                 )
             )
             await self._close_interrupted(db)
@@ -149,6 +155,8 @@ class Agent:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.stream.run)
             tasks.start_soon(self.reconciler.run)
+            if self.protocol is not None:
+                tasks.start_soon(self.protocol.run)
             for runtime in nodes.runtimes.values():
                 tasks.start_soon(self._follow, runtime)
             await stop.wait()
@@ -199,7 +207,10 @@ class Agent:
 
     async def _greeting(self, nodes: NodeManager) -> list[command_flow_pb2.InfoUpdate]:
         updates = [host_update(await self._host_info())]
-        return updates + [node_update(node) for node in await nodes.nodes()]
+        latest = self.protocol.latest if self.protocol else lambda _: None
+        return updates + [
+            node_update(node, latest(node)) for node in await nodes.nodes()
+        ]
 
     async def _follow(self, runtime: Runtime) -> None:
         assert self.reconciler is not None
@@ -236,7 +247,8 @@ class Agent:
         self.outbox.put(update)
 
     def _report(self, node: NodeRecord) -> None:
-        self._emit(node_update(node))
+        protocol = self.protocol.latest(node) if self.protocol else None
+        self._emit(node_update(node, protocol))
         previous = self._statuses.get(node.id, NodeStatus.UndefinedContainerStatus)
         self._statuses[node.id] = node.status
         if previous is not node.status:

@@ -19,6 +19,10 @@ A version may override any ``[node]`` key in ``[versions."<v>".node]``. Each
 runtime table needs ``image``; any other keys are handed to the runtime as
 ``NodeSpec.options``. The control plane names a release as
 ``<protocol>/<version>``.
+
+The ``[rpc]``, ``[methods.*]`` and ``[commands.*]`` tables say how babel asks
+a node about itself and which generic commands the node takes; see
+``nodevisor._interface``.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ import re
 import signal
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydantic
 
 from ._errors import CatalogueError, InvalidArgument
+from ._interface import ProtocolInterface
 
 __all__ = ["Catalogue", "Release", "parse_url"]
 
@@ -73,13 +78,17 @@ class _Version(pydantic.BaseModel):
     runtimes: dict[str, _RuntimeEntry]
 
 
-class _ProtocolFile(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-
+class _ProtocolFile(ProtocolInterface):
     protocol: str = pydantic.Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
     node: _NodeDefaults = _NodeDefaults()
     versions: dict[str, _Version]
+
+    @property
+    def interface(self) -> ProtocolInterface:
+        return ProtocolInterface(
+            rpc=self.rpc, methods=self.methods, commands=self.commands
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,8 @@ class Release:
     grace_period: float
     environment: dict[str, str]
     options: dict[str, Any]
+    #: What the protocol answers and which generic commands it takes.
+    interface: ProtocolInterface = field(default_factory=ProtocolInterface)
 
     @property
     def url(self) -> str:
@@ -172,6 +183,7 @@ class Catalogue:
             grace_period=node.grace_period,
             environment=dict(node.environment),
             options=dict(target.model_extra or {}),
+            interface=spec.interface,
         )
 
 

@@ -65,6 +65,9 @@ class AgentConfig(BaseSettings):
     reconcile_interval: float = pydantic.Field(15.0, gt=0)
     #: Failed attempts to converge a node before it is reported failed.
     reconcile_attempts: int = pydantic.Field(5, ge=1)
+    #: Seconds between two refreshes of running nodes' protocol status
+    #: (height, sync) through runtimes that can ask (babel).
+    protocol_interval: float = pydantic.Field(10.0, gt=0)
 
     @property
     def api_url_set(self) -> bool:

@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._messages import command_ack, command_result, host_update
 from ._nodes import NodeManager
+from ._protocol import ProtocolWatch, unpack_generic
 from ._store import CommandRecord, StoreRunner
 
 __all__ = ["Dispatcher"]
@@ -55,8 +56,10 @@ class Dispatcher:
         emit: Emit,
         host_info: Callable[[], Awaitable[host_pb2.HostInfo]],
         finished: Callable[..., None] | None = None,
+        protocol: ProtocolWatch | None = None,
     ) -> None:
         self.nodes = nodes
+        self.protocol = protocol
         self._db = db
         self._emit = emit
         self._host_info = host_info
@@ -266,12 +269,13 @@ class Dispatcher:
             case "update":
                 return await nodes.rename(node_id, command.update)
             case "info_get":
+                if self.protocol is not None:
+                    node = await nodes.require(node_id)
+                    await self.protocol.refresh(node, report=False)
                 return await nodes.info(node_id)
             case "generic":
-                await nodes.require(node_id)
-                raise NotSupported(
-                    f"node {node_id}: generic protocol commands are not supported yet"
-                )
+                name, params = unpack_generic(node_id, command.generic)
+                return await nodes.generic(node_id, name, params)
             case None:
                 raise InvalidCommand(
                     f"the NodeCommand for node {node_id!r} carries no command"

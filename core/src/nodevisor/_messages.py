@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 
+from ._runtime import ProtocolStatus
 from ._store import NodeRecord
 
 __all__ = ["command_ack", "command_result", "host_update", "node_update"]
 
 
-def node_update(node: NodeRecord) -> command_flow_pb2.InfoUpdate:
+def node_update(
+    node: NodeRecord, protocol: ProtocolStatus | None = None
+) -> command_flow_pb2.InfoUpdate:
     info = node_pb2.NodeInfo(
         id=common_pb2.Uuid(value=node.id),
         name=node.name,
@@ -19,7 +22,20 @@ def node_update(node: NodeRecord) -> command_flow_pb2.InfoUpdate:
     )
     if node.failure:
         info.failure_reason = node.failure
+    if protocol is not None:
+        _fill_protocol(info, protocol)
     return command_flow_pb2.InfoUpdate(node=info)
+
+
+def _fill_protocol(info: node_pb2.NodeInfo, protocol: ProtocolStatus) -> None:
+    if protocol.block_height is not None:
+        info.block_height = protocol.block_height
+    if protocol.sync_status is not None:
+        info.sync_status = node_pb2.NodeInfo.SyncStatus.Value(protocol.sync_status)
+    if protocol.app_status is not None:
+        info.app_status = node_pb2.NodeInfo.ApplicationStatus.Value(protocol.app_status)
+    if protocol.onchain_name is not None:
+        info.onchain_name = protocol.onchain_name
 
 
 def host_update(info: host_pb2.HostInfo) -> command_flow_pb2.InfoUpdate:

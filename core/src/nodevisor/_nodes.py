@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -132,6 +132,7 @@ class NodeManager:
             grace_period=release.grace_period,
             environment=release.environment,
             options=release.options,
+            interface=release.interface,
         )
 
     # status changes: the only place a node's status is written
@@ -407,6 +408,28 @@ class NodeManager:
             raise Conflict(f"node name {name!r} is taken by node {holder.id}")
         await self._save(node.replace(name=name), f"renamed from {node.name!r}")
         return f"node {node_id} renamed to {name}"
+
+    async def generic(
+        self, node_id: str, command: str, params: Mapping[str, object]
+    ) -> str:
+        """Run a generic command the node's spec declares, its parameters checked.
+
+        Anything undeclared or misfit is refused before the runtime is asked.
+        """
+        node = await self.require(node_id)
+        runtime = self.runtime(node.runtime)
+        spec = self.spec(node)
+        declared = spec.interface.command(spec.protocol, command)
+        values = declared.check(command, params)
+        if not runtime.capabilities.protocol:
+            raise NotSupported(
+                f"runtime {runtime.name!r} of node {node_id} cannot run generic "
+                f"commands; {command!r} was not run"
+            )
+        self._need(node, S.Running, command=f"run {command!r} on")
+        log.info("node %s: running generic command %r %s", node_id, command, values)
+        answer = await runtime.protocol_command(spec, command, values)
+        return f"node {node_id}: {command} done: {answer}"
 
     async def info(self, node_id: str) -> str:
         node = await self.require(node_id)

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ._interface import ProtocolInterface, Value
+
 __all__ = [
     "CONTRACT_VERSION",
     "Capabilities",
     "ExecResult",
     "NodeSpec",
     "NodeState",
+    "ProtocolStatus",
     "Runtime",
     "RuntimeContext",
     "RuntimeNode",
@@ -48,6 +51,8 @@ class Capabilities:
     snapshot: bool = False
     upgrade: bool = True
     exec: bool = False
+    #: The runtime answers ``protocol_status`` and ``protocol_command``.
+    protocol: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ class NodeSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     #: Runtime-specific settings from the catalogue entry, as given there.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: The protocol's methods and generic commands, from its spec.
+    interface: ProtocolInterface = field(default_factory=ProtocolInterface)
 
     @property
     def url(self) -> str:
@@ -121,6 +128,19 @@ class ExecResult:
     exit_code: int
     stdout: str = ""
     stderr: str = ""
+
+
+@dataclass(frozen=True)
+class ProtocolStatus:
+    """What a node says about its chain; ``None`` where it did not say."""
+
+    block_height: int | None = None
+    #: A ``NodeInfo.SyncStatus`` name: ``"Syncing"`` or ``"Synced"``.
+    sync_status: str | None = None
+    #: A ``NodeInfo.ApplicationStatus`` name, such as ``"Mining"``.
+    app_status: str | None = None
+    onchain_name: str | None = None
+    peers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +235,27 @@ class Runtime(abc.ABC):
         it is, never through a shell. Raise ``RuntimeFailure`` if the command
         cannot be started or does not end within ``timeout`` seconds; a
         command that ends with a non-zero exit code is a normal result.
+        """
+        raise NotImplementedError
+
+    async def protocol_status(self, spec: NodeSpec) -> ProtocolStatus:
+        """Ask the running node about its chain: height, sync, app status.
+
+        Only called when ``capabilities.protocol`` is true, for a running
+        node. Raise ``RuntimeFailure`` if the node cannot be asked; a method
+        that fails leaves its field ``None``.
+        """
+        raise NotImplementedError
+
+    async def protocol_command(
+        self, spec: NodeSpec, command: str, params: Mapping[str, Value]
+    ) -> str:
+        """Run the generic command ``command`` that the node's spec declares.
+
+        Only called when ``capabilities.protocol`` is true, for a running node,
+        after the agent checked that ``spec.interface`` declares ``command``
+        and that ``params`` fit its parameters. Return what the node answered,
+        as text; raise ``RuntimeFailure`` if it failed.
         """
         raise NotImplementedError
 
