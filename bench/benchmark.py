@@ -71,6 +71,7 @@ grace_period = 1
 image = "benchchain:1"
 """
 console = Console(highlight=False, width=100)
+RESULT_WITHIN = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,8 @@ class Driver:
     ) -> float:
         """Send ``command``; seconds until its result arrived."""
         began = time.perf_counter()
-        updates = self.admin.send_command(self.host_id, command)
+        # A result that never comes fails the run instead of hanging it.
+        updates = self.admin.send_command(self.host_id, command, RESULT_WITHIN)
         async with contextlib.aclosing(updates):  # type: ignore[type-var]
             async for response in updates:
                 if queued is not None and response.HasField("queued"):
