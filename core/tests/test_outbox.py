@@ -1,5 +1,7 @@
 """The durable outbox: numbered, kept until confirmed, sent again in order."""
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2
@@ -93,3 +95,15 @@ async def test_an_update_that_cannot_be_built_is_dropped(tmp_path, caplog):
         assert len(outbox) == 1
         assert "cannot serialise an update" in caplog.text
     db.store.close()
+
+
+async def test_leaving_the_runner_commits_every_queued_write(tmp_path):
+    store = Store(tmp_path / "s.db")
+    async with StoreRunner(store) as db:
+        for n in range(200):
+            db.write_nowait(store.outbox_add, f"update {n}".encode())
+        await anyio.lowlevel.checkpoint()  # the flusher takes a batch and works
+        for n in range(200, 400):
+            db.write_nowait(store.outbox_add, f"update {n}".encode())
+    assert len(store.outbox()) == 400
+    store.close()

@@ -275,6 +275,7 @@ class StoreRunner:
         ] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(
@@ -301,16 +302,21 @@ class StoreRunner:
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._flusher is not None
-        self._flusher.cancel()
-        self._flusher = None
+        flusher, self._flusher = self._flusher, None
+        self._closing = True
+        self._wake.set()
         with anyio.CancelScope(shield=True):
-            await self._flush_once()  # what was queued still gets committed
+            # The flusher finishes the batch it holds and what is queued
+            # behind it; cancelling it would lose a batch taken but unwritten.
+            await flusher
 
     async def _flush_forever(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             await self._flush_once()
+            if self._closing and not self._queue:
+                return
 
     async def _flush_once(self) -> None:
         batch, self._queue = self._queue, []
