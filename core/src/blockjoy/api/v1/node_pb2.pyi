@@ -342,6 +342,14 @@ Global___NodeInfoGet: typing_extensions.TypeAlias = NodeInfoGet
 
 @typing.final
 class NodeGenericCommand(google.protobuf.message.Message):
+    """Run a command the node's protocol spec declares. nodevisor reads the
+    command's name from the parameter `command` (a StringValue); every other
+    parameter is an argument, packed as a StringValue, Int64Value, DoubleValue
+    or BoolValue and checked against the spec's declaration. An undeclared
+    command is answered NOT_SUPPORTED, a parameter that does not fit
+    INVALID_ARGUMENT, and nothing runs.
+    """
+
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     PARAMS_FIELD_NUMBER: builtins.int
