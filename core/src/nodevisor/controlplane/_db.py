@@ -29,7 +29,7 @@ from ..admin.v1 import admin_pb2
 from ._errors import InvalidRequest, NotFound, OtpRejected, Unauthenticated
 from ._tokens import digest, new_secret
 
-__all__ = ["CommandState", "Database", "Recorded"]
+__all__ = ["CommandState", "Database", "Recorded", "with_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,18 @@ class Database:
     # Commands.
 
     def queue_command(
-        self, host_id: str, command: command_flow_pb2.Command
+        self,
+        host_id: str,
+        command: command_flow_pb2.Command,
+        command_id: str | None = None,
     ) -> admin_pb2.CommandRecord:
-        """Store ``command`` for ``host_id``, filling its id and time if empty."""
+        """Store ``command`` for ``host_id``, filling its id and time if empty.
+
+        ``command_id`` is the id of a command that carries no meta to hold one.
+        """
         now = time.time()
-        command, command_id = _with_meta(command, now)
+        command, filled = with_meta(command, now)
+        command_id = command_id or filled
         with self._transaction() as db:
             _require_host(db, host_id)
             _require_new_command(db, command_id)
@@ -362,7 +369,7 @@ def _command_meta(command: command_flow_pb2.Command) -> Message | None:
     return getattr(command, variant).meta if variant else None
 
 
-def _with_meta(
+def with_meta(
     command: command_flow_pb2.Command, now: float
 ) -> tuple[command_flow_pb2.Command, str]:
     copy = command_flow_pb2.Command()

@@ -71,7 +71,9 @@ class Hub:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._live: set[Session] = set()
-        self._watchers: dict[str, set[MemoryObjectSendStream[Event]]] = {}
+        self._watchers: dict[
+            tuple[str, str, str], set[MemoryObjectSendStream[Event]]
+        ] = {}
 
     def open(self, host_id: str) -> Session:
         """A new session for ``host_id``; it replaces the host's open one."""
@@ -109,17 +111,40 @@ class Hub:
             session.wake.set()
 
     @contextlib.contextmanager
-    def watch(self, host_id: str) -> Iterator[MemoryObjectReceiveStream[Event]]:
-        """Receive every update of ``host_id`` until the block ends."""
+    def watch(
+        self, host_id: str, command_id: str, node_id: str = ""
+    ) -> Iterator[MemoryObjectReceiveStream[Event]]:
+        """Receive the updates about one command and its node until the block ends.
+
+        Only the updates that answer ``command_id`` or describe ``node_id``
+        are delivered, so that many watchers cost little per update.
+        """
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
-        self._watchers.setdefault(host_id, set()).add(send)
+        keys = [(host_id, "command", command_id)]
+        if node_id:
+            keys.append((host_id, "node", node_id))
+        for key in keys:
+            self._watchers.setdefault(key, set()).add(send)
         try:
             yield receive
         finally:
-            self._watchers[host_id].discard(send)
+            for key in keys:
+                watchers = self._watchers[key]
+                watchers.discard(send)
+                if not watchers:
+                    del self._watchers[key]
             send.close()
             receive.close()
 
     def publish(self, event: Event) -> None:
-        for watcher in self._watchers.get(event.host_id, ()):
-            watcher.send_nowait(event)
+        keys = []
+        if event.command_id:
+            keys.append((event.host_id, "command", event.command_id))
+        if event.update.HasField("node"):
+            keys.append((event.host_id, "node", event.update.node.id.value))
+        delivered: set[MemoryObjectSendStream[Event]] = set()
+        for key in keys:
+            for watcher in self._watchers.get(key, ()):
+                if watcher not in delivered:
+                    delivered.add(watcher)
+                    watcher.send_nowait(event)
