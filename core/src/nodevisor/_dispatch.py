@@ -163,8 +163,13 @@ class Dispatcher:
             return
 
         node_id = command.node.id.value if command.HasField("node") else None
-        await self._db.write(self._db.store.record_command, command_id, node_id, kind)
+        # The record and the ack's outbox entry commit together: the ack is
+        # sent only once the command is durable, and it runs only after that.
+        recorded = self._db.write_nowait(
+            self._db.store.record_command, command_id, node_id, kind
+        )
         self._emit(command_ack(command_id))
+        await recorded
         log.debug(
             "command %s (%s) for %s: started", command_id, kind, node_id or "host"
         )

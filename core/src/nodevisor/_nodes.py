@@ -149,12 +149,11 @@ class NodeManager:
         self._report(node)
         return node
 
-    async def _expect(self, node: NodeRecord, expected: NodeStatus) -> NodeRecord:
-        if node.expected is expected and node.failure is None:
-            return node
-        return await self._db.write(
-            self._store.save_node, node.replace(expected=expected, failure=None)
-        )
+    @staticmethod
+    def _expect(node: NodeRecord, expected: NodeStatus) -> NodeRecord:
+        # Not saved alone: the status change that follows saves it, in the
+        # same commit, before the runtime is asked to act.
+        return node.replace(expected=expected, failure=None)
 
     async def _settle(self, node: NodeRecord, runtime: Runtime, exc: Exception) -> None:
         """After a failed step, record the status the runtime actually shows."""
@@ -246,7 +245,7 @@ class NodeManager:
             return f"node {node_id} is running already"
         self._need(node, S.Stopped, command="start")
         runtime = self.runtime(node.runtime)
-        node = await self._expect(node, S.Running)
+        node = self._expect(node, S.Running)
         await self._start(node, runtime)
         return f"node {node_id} started"
 
@@ -274,7 +273,7 @@ class NodeManager:
             return f"node {node_id} is stopped already"
         self._need(node, S.Running, command="stop")
         runtime = self.runtime(node.runtime)
-        node = await self._expect(node, S.Stopped)
+        node = self._expect(node, S.Stopped)
         _, unclean = await self._stop(node, runtime)
         if unclean:
             return f"node {node_id} stopped uncleanly: {unclean}"
@@ -298,7 +297,7 @@ class NodeManager:
         node = await self.require(node_id)
         self._need(node, S.Running, S.Stopped, command="restart")
         runtime = self.runtime(node.runtime)
-        node = await self._expect(node, S.Running)
+        node = self._expect(node, S.Running)
         unclean = ""
         if node.status is S.Running:
             node, unclean = await self._stop(node, runtime)
@@ -368,7 +367,7 @@ class NodeManager:
         node = await self.require(node_id)
         self._need(node, S.Running, S.Stopped, command="delete")
         runtime = self.runtime(node.runtime)
-        node = await self._expect(node, S.Deleted)
+        node = self._expect(node, S.Deleted)
         if node.status is S.Running and await runtime.inspect(node_id) is None:
             node = await self._save(node.replace(status=S.Stopped), "found absent")
         if node.status is S.Running:
@@ -387,7 +386,7 @@ class NodeManager:
         if not runtime.capabilities.snapshot:
             raise NotSupported(f"runtime {runtime.name!r} cannot snapshot nodes")
         self._need(node, S.Stopped, command="snapshot")
-        node = await self._expect(node, S.Running)
+        node = self._expect(node, S.Running)
         destination = self.snapshot_dir / node_id
         await anyio.Path(destination).mkdir(mode=0o700, parents=True, exist_ok=True)
         node = await self._move(node, S.Snapshotting)
