@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -105,6 +106,54 @@ async def _docker_agent(tmp_path, control_plane, docker_client, extra: str = "")
     finally:
         agent.stop()
         _remove_leftovers(docker_client, host_id)
+
+
+ANVIL = ROOT / "tools" / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin"
+
+
+@pytest.fixture
+async def babel_host(tmp_path, control_plane):
+    """A provisioned host whose agent runs the babel runtime: no container engine.
+
+    Its ``anvil-1.7.1`` image is the anvil that tools/package.json installs.
+    """
+    data_dir = tmp_path / "agent"
+    images = tmp_path / "images"
+    (images / "anvil-1.7.1").mkdir(parents=True)
+    (images / "anvil-1.7.1" / "bin").symlink_to(ANVIL)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'api_url = "{control_plane.address}"\n'
+        f'data_dir = "{data_dir}"\n'
+        'runtime = "babel"\n'
+        "protocol_interval = 1\n"
+        f'[runtimes.babel]\nimages = "{images}"\n'
+    )
+    host_id = await _provision(control_plane, config)
+    agent = AgentProcess(config, tmp_path / "agent.log")
+    agent.start()
+    try:
+        yield host_id, agent
+    finally:
+        agent.stop()
+        _kill_babel_nodes(data_dir / "runtimes" / "babel" / host_id)
+
+
+async def _provision(control_plane, config: Path) -> str:
+    otp = await control_plane.admin.create_otp()
+    provisioned = await anyio.run_process(
+        nodevisor("agent", "provision", "--config", str(config), "--otp", otp),
+        check=False,
+    )
+    assert provisioned.returncode == 0, provisioned.stderr.decode()
+    return provisioned.stdout.decode().split()[-1]
+
+
+def _kill_babel_nodes(root: Path) -> None:
+    """End every babel and node process a test left behind."""
+    for pid_file in [*root.glob("*/node.pid"), *root.glob("*/babel.pid")]:
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def _remove_leftovers(client, host_id: str) -> None:
