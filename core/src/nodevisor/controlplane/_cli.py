@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import sys
@@ -23,7 +24,7 @@ from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 from .._output import console
 from ..admin.v1 import admin_pb2
 from ._client import AdminClient
-from ._commands import NODE_ACTIONS, describe_update, node_command
+from ._commands import NODE_ACTIONS, describe_update, generic_command, node_command
 from ._errors import CommandTimeout, ControlPlaneError
 from ._server import serve as serve_forever
 
@@ -371,6 +372,36 @@ def rename(target: _Target, node_id: uuid.UUID, name: str) -> None:
     """Rename a node."""
     update = node_pb2.NodeInfoUpdate(name=name)
     _send_and_exit(target, node_command(str(node_id), update=update))
+
+
+@send.command()
+@node_option
+@click.argument("name")
+@click.argument("params", nargs=-1, metavar="[PARAM=VALUE]...")
+@pass_target
+def generic(
+    target: _Target, node_id: uuid.UUID, name: str, params: tuple[str, ...]
+) -> None:
+    """Run a generic command the node's protocol spec declares.
+
+    A VALUE that reads as JSON (5, 2.5, true) is sent as a number or a
+    boolean; anything else as a string: `send generic --node ID mine n=5`.
+    """
+    values: dict[str, int | float | str | bool] = {}
+    for param in params:
+        key, sep, raw = param.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"parameter {param!r} is not PARAM=VALUE")
+        values[key] = _plain_value(raw)
+    _send_and_exit(target, generic_command(str(node_id), name, values))
+
+
+def _plain_value(raw: str) -> int | float | str | bool:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    return value if isinstance(value, int | float | bool) else raw
 
 
 @send.command()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
 
 from ..admin.v1 import admin_pb2
 
-__all__ = ["NODE_ACTIONS", "describe_update", "node_command"]
+__all__ = ["NODE_ACTIONS", "describe_update", "generic_command", "node_command"]
 
 # The node commands that take nothing but the node id: their CLI name, their
 # `NodeCommand` field and its message.
@@ -33,6 +34,30 @@ def node_command(node_id: str, **variant: object) -> command_flow_pb2.Command:
     return command_flow_pb2.Command(node=command)
 
 
+def generic_command(
+    node_id: str, name: str, params: dict[str, int | float | str | bool]
+) -> command_flow_pb2.Command:
+    """A ``NodeGenericCommand``: ``name`` as the parameter ``command``, each
+    value packed as a ``StringValue``, ``Int64Value``, ``DoubleValue`` or
+    ``BoolValue``."""
+    packed = []
+    for key, value in {"command": name, **params}.items():
+        box = any_pb2.Any()
+        box.Pack(_wrapped(value))
+        packed.append(common_pb2.Parameter(name=key, value=box))
+    return node_command(node_id, generic=node_pb2.NodeGenericCommand(params=packed))
+
+
+def _wrapped(value: int | float | str | bool) -> Message:
+    if isinstance(value, bool):
+        return wrappers_pb2.BoolValue(value=value)
+    if isinstance(value, int):
+        return wrappers_pb2.Int64Value(value=value)
+    if isinstance(value, float):
+        return wrappers_pb2.DoubleValue(value=value)
+    return wrappers_pb2.StringValue(value=value)
+
+
 def describe_update(response: admin_pb2.SendCommandResponse) -> str:
     """One line about an update of ``SendCommand``, as the CLI prints it."""
     kind = response.WhichOneof("update")
@@ -42,7 +67,12 @@ def describe_update(response: admin_pb2.SendCommandResponse) -> str:
         info = response.node_info
         status = _STATUS.Name(info.container_status)
         failure = f" failure={info.failure_reason}" if info.failure_reason else ""
-        return f"node {info.id.value} {status}{failure}"
+        chain = ""
+        if info.HasField("block_height"):
+            chain += f" height={info.block_height}"
+        if info.HasField("sync_status"):
+            chain += f" sync={node_pb2.NodeInfo.SyncStatus.Name(info.sync_status)}"
+        return f"node {info.id.value} {status}{chain}{failure}"
     info = response.command_info
     if not info.HasField("exit_code"):
         return "ack"
