@@ -96,6 +96,7 @@ async def test_an_interrupted_create_is_finished(reconciler, manager, store, new
     node = await manager.require(new_id)
     # as if the agent died between Creating and the runtime's create
     await manager.delete(new_id)
+    await manager.nodes()  # a read waits for the writes queued before it
     store.save_node(node.replace(status=S.Creating, expected=S.Stopped))
     await settle(reconciler)
     assert (await manager.require(new_id)).status is S.Stopped
@@ -138,6 +139,7 @@ async def test_nodes_the_store_lost_are_adopted_untouched(
     await running(manager, new_id)
     other = str(uuid.uuid4())
     await manager.create(other, create(name="beta"))
+    await manager.nodes()  # a read waits for the writes queued before it
     for node in store.nodes():
         store.forget_node(node.id)
     calls = dict(memory.calls)

@@ -12,6 +12,7 @@ methods need no lock of their own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -139,12 +140,23 @@ class NodeManager:
 
     async def _move(self, node: NodeRecord, target: NodeStatus) -> NodeRecord:
         check_transition(node.id, node.status, target)
+        why = f"{node.status.name} -> {target.name}"
+        # A status the runtime is about to act under is committed before it
+        # acts. A settled status ends the step: it is queued, and whatever
+        # comes next (its report, the command's result, the next step's
+        # status) commits in the same or a later batch, never before it.
         return await self._save(
-            node.replace(status=target), f"{node.status.name} -> {target.name}"
+            node.replace(status=target), why, wait=not target.settled
         )
 
-    async def _save(self, node: NodeRecord, why: str) -> NodeRecord:
-        node = await self._db.write(self._store.save_node, node)
+    async def _save(
+        self, node: NodeRecord, why: str, *, wait: bool = True
+    ) -> NodeRecord:
+        if wait:
+            node = await self._db.write(self._store.save_node, node)
+        else:
+            written = self._db.write_nowait(self._store.save_node, node)
+            written.add_done_callback(_log_lost_write)
         log.info("node %s (%s): %s", node.id, node.name, why)
         self._report(node)
         return node
@@ -582,6 +594,11 @@ class NodeManager:
                 f"cannot {command} node {node.id}: it is {node.status.name}, "
                 f"and {command} needs it {needed}"
             )
+
+
+def _log_lost_write(written: asyncio.Future[NodeRecord]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        log.error("a node's status could not be stored: %r", written.exception())
 
 
 def _missing(runtime: Runtime) -> str:

@@ -276,8 +276,16 @@ class StoreRunner:
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_write: asyncio.Future[Any] | None = None
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
+        # Reads see every write queued before them.
+        last = self._last_write
+        if last is not None and not last.done():
+            await asyncio.wait([last])
+        return await self._in_thread(fn, *args)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(
             lambda: self.store.locked(fn, *args), limiter=self._limiter
         )
@@ -290,6 +298,7 @@ class StoreRunner:
         """Queue a write; the future resolves once it is committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((fn, args, future))
+        self._last_write = future
         if self._flusher is None:
             asyncio.get_running_loop().create_task(self._flush_once())
         else:
@@ -324,7 +333,7 @@ class StoreRunner:
             return
         writes = [(fn, args) for fn, args, _ in batch]
         try:
-            results = await self(self.store.apply, writes)
+            results = await self._in_thread(self.store.apply, writes)
         except Exception as exc:  # the commit failed: every write in it did
             log.error("committing %d writes to the store failed: %r", len(batch), exc)
             results = [exc] * len(batch)
