@@ -1,7 +1,7 @@
 """Test doubles that nodevisor ships for its own tests and for plugin authors.
 
-``MemoryRuntime`` is the reference runtime: it keeps its nodes in a JSON file
-instead of an engine, can be told to fail chosen operations or to take
+``MemoryRuntime`` is the reference runtime: it keeps each node in a small
+JSON file instead of an engine, can be told to fail chosen operations or to take
 chosen time, and counts every operation it carries out. It is registered
 through the ``nodevisor`` entry-point group as ``memory``, like any runtime.
 """
