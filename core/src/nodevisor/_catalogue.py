@@ -39,6 +39,7 @@ import pydantic
 
 from ._errors import CatalogueError, InvalidArgument
 from ._interface import ProtocolInterface
+from ._runtime import NodeSpec
 
 __all__ = ["Catalogue", "Release", "parse_url"]
 
@@ -112,6 +113,25 @@ class Release:
     @property
     def url(self) -> str:
         return f"{self.protocol}/{self.version}"
+
+    def node_spec(self, *, node_id: str, name: str, host_id: str) -> NodeSpec:
+        """What a runtime needs to run node ``node_id`` on this release."""
+        return NodeSpec(
+            id=node_id,
+            name=name,
+            host_id=host_id,
+            protocol=self.protocol,
+            version=self.version,
+            image=self.image,
+            command=self.command,
+            ports=self.ports,
+            data_path=self.data_path,
+            stop_signal=self.stop_signal,
+            grace_period=self.grace_period,
+            environment=self.environment,
+            options=self.options,
+            interface=self.interface,
+        )
 
 
 def parse_url(url: str) -> tuple[str, str]:

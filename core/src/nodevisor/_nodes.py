@@ -119,22 +119,7 @@ class NodeManager:
 
     def spec(self, node: NodeRecord, release: Release | None = None) -> NodeSpec:
         release = release or self.catalogue.resolve(node.url, node.runtime)
-        return NodeSpec(
-            id=node.id,
-            name=node.name,
-            host_id=self.host_id,
-            protocol=release.protocol,
-            version=release.version,
-            image=release.image,
-            command=release.command,
-            ports=release.ports,
-            data_path=release.data_path,
-            stop_signal=release.stop_signal,
-            grace_period=release.grace_period,
-            environment=release.environment,
-            options=release.options,
-            interface=release.interface,
-        )
+        return release.node_spec(node_id=node.id, name=node.name, host_id=self.host_id)
 
     # status changes: the only place a node's status is written
 

@@ -80,20 +80,8 @@ class Bench:
         """The spec of a node (a new one unless ``node_id``) at ``version``."""
         release = self.catalogue.resolve(f"{PROTOCOL}/{version}", self.name)
         node_id = node_id or self.new_id()
-        spec = NodeSpec(
-            id=node_id,
-            name=node_name(node_id),
-            host_id=self.host_id,
-            protocol=release.protocol,
-            version=release.version,
-            image=release.image,
-            command=release.command,
-            ports=release.ports,
-            data_path=release.data_path,
-            stop_signal=release.stop_signal,
-            grace_period=release.grace_period,
-            environment=release.environment,
-            options=release.options,
+        spec = release.node_spec(
+            node_id=node_id, name=node_name(node_id), host_id=self.host_id
         )
         return replace(spec, **_as_spec_fields(changes))
 
