@@ -78,13 +78,20 @@ CHAIN
 for _ in $(seq 50); do
     for input in /sys/class/input/event*; do
         [ "$(cat "$input/device/name" 2>/dev/null)" = "Power Button" ] &&
-            device=/dev/${input#/sys/class/input/}
+            device=/dev/input/${input#/sys/class/input/}
     done
     [ -n "$device" ] && [ -c "$device" ] && break
     sleep 0.1
 done
 [ -n "$device" ] || { echo "nodevisor-guest: no power button"; exit 1; }
-dd if="$device" of=/dev/null bs=24 count=1 2>/dev/null
+# Only a press counts: an input_event is 24 bytes, its type, code and value
+# at byte 16; a press is EV_KEY (1), KEY_POWER (116), value 1. Anything else
+# the device reports (a sync, a release, a failed read) is not a press.
+while true; do
+    set -- $(dd if="$device" bs=24 count=1 2>/dev/null | od -An -tu2 -j16 -N6)
+    [ "${1:-}" = 1 ] && [ "${2:-}" = 116 ] && [ "${3:-}" = 1 ] && break
+    [ -n "${1:-}" ] || sleep 1
+done
 echo "nodevisor-guest: power button, shutting down"
 kill "$(cat /run-chain.pid)" 2>/dev/null
 sync
