@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,21 @@ async def reconciling_docker_host(
     extra = "reconcile_interval = 1\nreconcile_attempts = 100\n"
     async with _docker_agent(tmp_path, control_plane, docker_client, extra) as host:
         yield host
+
+
+@pytest.fixture
+async def docker_babel_host(tmp_path, control_plane, docker_client, litecoin_images):
+    """As ``docker_host``, asking nodes' protocol status every second; the
+    babel folders of its nodes are removed after."""
+    extra = "protocol_interval = 1\n"
+    async with _docker_agent(tmp_path, control_plane, docker_client, extra) as host:
+        try:
+            yield host
+        finally:
+            shutil.rmtree(BABEL_FOLDERS / host[0], ignore_errors=True)
+
+
+BABEL_FOLDERS = Path("/run/nodevisor-docker")
 
 
 @contextlib.asynccontextmanager

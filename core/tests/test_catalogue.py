@@ -62,4 +62,4 @@ def test_a_missing_catalogue_directory_is_named(tmp_path):
 
 def test_the_builtin_catalogue_loads():
     protocols = Catalogue.load([BUILTIN_CATALOGUE]).protocols()
-    assert protocols["litecoin-regtest"] == ["0.21.2-1", "0.21.2-2"]
+    assert protocols["litecoin-regtest"] == ["0.21.2-1", "0.21.2-2", "0.21.2-3"]

@@ -5,20 +5,31 @@
 #   nodevisor/litecoin-regtest:0.21.2-1   revision 1
 #   nodevisor/litecoin-regtest:0.21.2-2   revision 2: same litecoind, smaller
 #                                         caches in the image's config
+#   nodevisor/litecoin-regtest:0.21.2-3   revision 3: revision 2 with babel, the
+#                                         container's entrypoint, which
+#                                         supervises litecoind
 #
 # Each image is FROM scratch: litecoind, litecoin-cli, exactly the shared
 # libraries they link (from ldd), the dynamic loader, and busybox-static at
 # /bin/busybox with /bin/sh so that `docker exec` can run simple commands.
+# Revision 3 adds the project's own Python and the locked distributions babel
+# needs, copied from .venv by pack-babel.py (nothing is downloaded), with the
+# shared libraries their extensions link.
 #
 # An image is rebuilt only when its recipe (this script and the binaries it
-# packs) changed; otherwise the script says so and moves on.
+# packs, and for revision 3 every file of the packed Python) changed;
+# otherwise the script says so and moves on.
 #
 # Usage: build-litecoin.sh [--force]
 set -eu
 
 REPOSITORY=nodevisor/litecoin-regtest
 UPSTREAM=0.21.2
-REVISIONS="1 2"
+REVISIONS="1 2 3"
+# The first revision that runs babel as the entrypoint.
+BABEL_REVISION=3
+HERE=$(cd "$(dirname "$0")" && pwd)
+PYTHON=$HERE/../../../.venv/bin/python
 # The user litecoind runs as inside the container; it owns /data.
 UID_GID=10001
 
@@ -50,16 +61,25 @@ check_inputs() {
     BUSYBOX=/bin/busybox
     [ -x "$BUSYBOX" ] && ! ldd "$BUSYBOX" >/dev/null 2>&1 ||
         die "$BUSYBOX is missing or not static: run apt-get install busybox-static"
+    [ -x "$PYTHON" ] ||
+        die "$PYTHON is missing: run uv sync in the repository first"
     DEBIAN_VERSION=$(dpkg-query -W -f='${Version}' litecoind 2>/dev/null || echo unknown)
 }
 
 recipe_of() {
-    # Changes whenever the script, a packed binary or a linked library does.
+    # Changes whenever the script, a packed binary or a linked library does,
+    # or, for revision 3, any file of the packed Python ($2).
     {
         cat "$0"
         echo "$1"
         libraries_of "$LITECOIND" "$LITECOIN_CLI" | xargs cat
         cat "$LITECOIND" "$LITECOIN_CLI" "$BUSYBOX"
+        if [ -n "${2:-}" ]; then
+            cd "$2"
+            find . -type f -print0 | sort -z | xargs -0 sha256sum
+            find . -type l -printf '%p %l\n' | sort
+            cd - >/dev/null
+        fi
     } | sha256sum | cut -c1-16
 }
 
@@ -91,11 +111,27 @@ EOF
     fi
 }
 
+pack_babel() {
+    # The Python and distributions babel runs with, and the libraries they link.
+    root=$1
+    "$PYTHON" "$HERE/pack-babel.py" "$root" >"$root.so"
+    for library in $(libraries_of $(cat "$root.so") 2>/dev/null); do
+        [ -e "$root$library" ] && continue
+        mkdir -p "$root$(dirname "$library")"
+        cp -L "$library" "$root$library"
+    done
+    rm "$root.so"
+}
+
 make_rootfs() {
     root=$1/rootfs
     revision=$2
     mkdir -p "$root/usr/bin" "$root/bin" "$root/etc/litecoin" "$root/tmp" "$1/data"
     chmod 1777 "$root/tmp"
+    if [ "$revision" -ge "$BABEL_REVISION" ]; then
+        # The folder the runtime bind-mounts, for babel's spec and socket.
+        mkdir -p "$root/run/babel"
+    fi
     cp "$LITECOIND" "$root/usr/bin/litecoind"
     cp "$LITECOIN_CLI" "$root/usr/bin/litecoin-cli"
     cp "$BUSYBOX" "$root/bin/busybox"
@@ -116,6 +152,11 @@ make_rootfs() {
 write_dockerfile() {
     revision=$1
     recipe=$2
+    if [ "$revision" -ge "$BABEL_REVISION" ]; then
+        command='["python3", "-m", "nodevisor_babel", "--spec", "/run/babel/babel.json", "--socket", "/run/babel/babel.sock", "--logs", "/run/babel/logs"]'
+    else
+        command='["litecoind", "-conf=/etc/litecoin/litecoin.conf", "-datadir=/data"]'
+    fi
     cat <<EOF
 FROM scratch
 COPY rootfs/ /
@@ -130,20 +171,28 @@ LABEL org.opencontainers.image.title="litecoin-regtest" \\
       org.opencontainers.image.revision="$revision" \\
       io.nodevisor.litecoind-package="$DEBIAN_VERSION" \\
       io.nodevisor.recipe="$recipe"
-CMD ["litecoind", "-conf=/etc/litecoin/litecoin.conf", "-datadir=/data"]
+ENV PYTHONDONTWRITEBYTECODE=1
+CMD $command
 EOF
 }
 
 build_revision() {
     revision=$1
     tag=$REPOSITORY:$UPSTREAM-$revision
-    recipe=$(recipe_of "$revision")
+    context=$(mktemp -d "${TMPDIR:-/tmp}/nodevisor-litecoin.XXXXXX")
+    trap 'rm -rf "$context"' EXIT
+    packed=
+    if [ "$revision" -ge "$BABEL_REVISION" ]; then
+        packed=$context/rootfs
+        pack_babel "$packed"
+    fi
+    recipe=$(recipe_of "$revision" "$packed")
     if [ "$FORCE" = 0 ] && [ "$(image_recipe "$tag")" = "$recipe" ]; then
+        rm -rf "$context"
+        trap - EXIT
         say "$tag is up to date (recipe $recipe)"
         return 0
     fi
-    context=$(mktemp -d "${TMPDIR:-/tmp}/nodevisor-litecoin.XXXXXX")
-    trap 'rm -rf "$context"' EXIT
     say "building $tag (recipe $recipe) in $context"
     make_rootfs "$context" "$revision"
     write_dockerfile "$revision" "$recipe" >"$context/Dockerfile"

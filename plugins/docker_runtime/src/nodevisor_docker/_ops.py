@@ -18,7 +18,7 @@ from docker.models.volumes import Volume
 
 from nodevisor import ImageUnavailable, NodeSpec, RuntimeFailure, StopOutcome
 
-from . import _describe, _labels
+from . import _babel, _describe, _labels
 
 __all__ = [
     "create",
@@ -27,6 +27,7 @@ __all__ = [
     "find",
     "owned_containers",
     "ping",
+    "prepare_babel",
     "require",
     "snapshot",
     "start",
@@ -110,14 +111,26 @@ def owned_containers(client: docker.DockerClient, host_id: str) -> list[Containe
     ]
 
 
-def create(client: docker.DockerClient, spec: NodeSpec) -> bool:
-    """Create the node's container, stopped; return whether it was created."""
+def prepare_babel(client: docker.DockerClient, spec: NodeSpec, folder: Path) -> None:
+    """Write the folder babel shares with the host, owned by the image's user."""
+    user = client.images.get(spec.image).attrs["Config"].get("User") or ""
+    _babel.write_folder(folder, spec, user)
+
+
+def create(
+    client: docker.DockerClient, spec: NodeSpec, babel: Path | None = None
+) -> bool:
+    """Create the node's container, stopped; return whether it was created.
+
+    With ``babel``, the node's folder on the host, babel is the container's
+    command and the folder is mounted for it.
+    """
     name = _labels.container_name(spec.id)
     existing = _lookup(client, name)
     if existing is not None:
         _check_owner(existing.labels, spec, f"container {name}")
         return False
-    _create_container(client, spec, name)
+    _create_container(client, spec, name, babel)
     return True
 
 
@@ -131,13 +144,19 @@ def _check_owner(labels: dict[str, str] | None, spec: NodeSpec, what: str) -> No
 
 
 def _create_container(
-    client: docker.DockerClient, spec: NodeSpec, name: str
+    client: docker.DockerClient, spec: NodeSpec, name: str, babel: Path | None
 ) -> Container:
     # The low-level call, because only it sets the container's stop timeout:
     # an operator's `docker stop` then waits the grace period too.
     volume = _ensure_volume(client, spec)
+    binds = {volume.name: {"bind": spec.data_path, "mode": "rw"}}
+    command, stop_signal = list(spec.command) or None, spec.stop_signal
+    if babel is not None:
+        # babel stops the node with the spec's signal when it gets SIGTERM.
+        binds[str(babel)] = {"bind": _babel.MOUNT, "mode": "rw"}
+        command, stop_signal = list(_babel.COMMAND), "SIGTERM"
     host_config = client.api.create_host_config(
-        binds={volume.name: {"bind": spec.data_path, "mode": "rw"}},
+        binds=binds,
         # The agent is the only supervisor: the engine never restarts a node.
         restart_policy={"Name": "no"},
         # A small init as PID 1 forwards the stop signal. Without it, a signal
@@ -148,12 +167,12 @@ def _create_container(
     )
     created = client.api.create_container(
         image=spec.image,
-        command=list(spec.command) or None,
+        command=command,
         name=name,
         labels=_labels.node_labels(spec),
         environment=dict(spec.environment),
-        stop_signal=spec.stop_signal,
-        stop_timeout=math.ceil(spec.grace_period),
+        stop_signal=stop_signal,
+        stop_timeout=_grace(spec),
         host_config=host_config,
     )
     return client.containers.get(created["Id"])
@@ -188,7 +207,7 @@ def stop(client: docker.DockerClient, spec: NodeSpec) -> StopOutcome | None:
     container = require(client, spec.id, spec.host_id)
     if not _describe.is_running(container):
         return None
-    grace = math.ceil(spec.grace_period)
+    grace = _grace(spec)
     container.stop(timeout=grace)
     container.reload()
     state = container.attrs["State"]
@@ -198,7 +217,18 @@ def stop(client: docker.DockerClient, spec: NodeSpec) -> StopOutcome | None:
     return StopOutcome(clean=True, detail=_describe.exit_detail(state))
 
 
-def upgrade(client: docker.DockerClient, old: NodeSpec, new: NodeSpec) -> None:
+def _grace(spec: NodeSpec) -> int:
+    """Seconds the engine waits after the stop signal before it kills."""
+    margin = _babel.STOP_MARGIN if _babel.runs_babel(spec) else 0
+    return math.ceil(spec.grace_period) + margin
+
+
+def upgrade(
+    client: docker.DockerClient,
+    old: NodeSpec,
+    new: NodeSpec,
+    babel: Path | None = None,
+) -> None:
     """Recreate the stopped node's container on ``new.image``, same volume.
 
     The new container is made under a temporary name first, so a failure
@@ -211,7 +241,7 @@ def upgrade(client: docker.DockerClient, old: NodeSpec, new: NodeSpec) -> None:
             "stop the node first"
         )
     _remove_pending(client, new.id, new.host_id)
-    pending = _create_container(client, new, _labels.pending_name(new.id))
+    pending = _create_container(client, new, _labels.pending_name(new.id), babel)
     if current is not None:
         current.remove()
     pending.rename(_labels.container_name(new.id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nodevisor import ConfigError
@@ -26,6 +27,18 @@ class DockerSettings:
     max_threads: int = 8
     #: Whether ``prepare`` pulls an image that is not on the host.
     pull: bool = True
+    #: Where each babel node's folder (spec, socket, logs) is made; empty
+    #: means ``/run/nodevisor-docker`` as root. Unix socket paths are short.
+    babel_dir: str = ""
+
+    @property
+    def babel_root(self) -> Path:
+        """The folder under which each babel node gets ``<host>/<node>/``."""
+        if self.babel_dir:
+            return Path(self.babel_dir)
+        if os.getuid() == 0:
+            return Path("/run/nodevisor-docker")
+        return Path(f"/tmp/nodevisor-docker-{os.getuid()}")
 
     @property
     def address(self) -> str:
@@ -52,6 +65,7 @@ def _check(settings: DockerSettings) -> None:
         "timeout": _positive(settings.timeout, (int, float)),
         "max_threads": _positive(settings.max_threads, int),
         "pull": isinstance(settings.pull, bool),
+        "babel_dir": isinstance(settings.babel_dir, str),
     }
     for key, ok in checks.items():
         if not ok:
@@ -66,6 +80,7 @@ _EXPECTED = {
     "timeout": "positive number of seconds",
     "max_threads": "positive integer",
     "pull": "boolean",
+    "babel_dir": "path such as '/run/nodevisor-docker'",
 }
 
 
