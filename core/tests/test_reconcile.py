@@ -180,3 +180,23 @@ async def test_a_runtime_event_gets_the_node_checked_without_a_pass(
         tasks.cancel_scope.cancel()
     assert (await memory.inspect(new_id)).state is NodeState.RUNNING
     assert (await manager.require(new_id)).status is S.Running
+
+
+async def test_a_node_that_keeps_stopping_by_itself_is_left_stopped(
+    reconciler, manager, memory, new_id
+):
+    await running(manager, new_id)
+    for _ in range(2):  # attempts is 3: two restarts, then it gives up
+        memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+        await settle(reconciler)
+        assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    await settle(reconciler)
+    node = await manager.require(new_id)
+    assert (await memory.inspect(new_id)).state is NodeState.STOPPED
+    assert node.status is S.Stopped
+    assert node.failure.startswith("the node stopped by itself 3 times within 10")
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.STOPPED
+    await manager.start(new_id)  # a command brings it back
+    assert (await manager.require(new_id)).failure is None

@@ -507,10 +507,16 @@ class NodeManager:
         await self._stop(node, runtime)
         return "stopped, as expected"
 
-    async def give_up(self, node_id: str, reason: str) -> None:
+    async def give_up(
+        self, node_id: str, reason: str, status: NodeStatus | None = None
+    ) -> None:
+        """Record why the reconciler stops trying, and the status it left."""
         node = await self.get(node_id)
-        if node is not None and node.failure != reason:
-            await self._save(node.replace(failure=reason), reason)
+        if node is None or (node.failure == reason and status in (None, node.status)):
+            return
+        await self._save(
+            node.replace(failure=reason, status=status or node.status), reason
+        )
 
     async def _record_observed(
         self, node: NodeRecord, observed: NodeStatus, actual: RuntimeNode

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
 from ._dispatch import Dispatcher
 from ._nodes import NodeManager
-from ._runtime import Runtime, RuntimeNode
+from ._runtime import NodeState, Runtime, RuntimeNode
 from ._states import NodeStatus
 from ._store import NodeRecord
 
@@ -37,9 +37,14 @@ class _Tries:
     failures: int = 0
     not_before: float = 0.0
     given_up: bool = False
+    #: When the node was found stopped although it should run.
+    falls: list[float] = field(default_factory=list)
 
 
 class Reconciler:
+    #: Seconds within which ``attempts`` falls make a node given up on.
+    FALL_WINDOW = 600.0
+
     def __init__(
         self,
         nodes: NodeManager,
@@ -131,12 +136,44 @@ class Reconciler:
             actual = await self.nodes.runtime(node.runtime).inspect(node_id)
             if not self.nodes.out_of_step(node, actual):
                 return
+            if await self._fell_too_often(node, actual):
+                return
             done = await self.nodes.converge(node, actual)
         except Exception as exc:  # counted, retried later, reported at the limit
             await self._failed(node, exc)
             return
         if done:
             log.info("node %s (%s): %s", node.id, node.name, done)
+
+    async def _fell_too_often(
+        self, node: NodeRecord, actual: RuntimeNode | None
+    ) -> bool:
+        """Whether a node that keeps stopping by itself should be left stopped.
+
+        Each restart of such a node succeeds, so it would never count as a
+        failure: a node the agent had running and found stopped ``attempts``
+        times within ``FALL_WINDOW`` seconds is given up on instead.
+        """
+        fell = node.status is NodeStatus.Running and (
+            actual is None or actual.state is not NodeState.RUNNING
+        )
+        if not fell:
+            return False
+        tries = self._tries.setdefault(node.id, _Tries(node.expected))
+        now = time.monotonic()
+        tries.falls = [t for t in tries.falls if now - t < self.FALL_WINDOW]
+        tries.falls.append(now)
+        if len(tries.falls) < self.attempts:
+            return False
+        tries.given_up = True
+        reason = (
+            f"the node stopped by itself {len(tries.falls)} times within "
+            f"{self.FALL_WINDOW / 60:g} minutes; it is left stopped until a "
+            "command starts it"
+        )
+        log.error("node %s (%s): %s", node.id, node.name, reason)
+        await self.nodes.give_up(node.id, reason, status=NodeStatus.Stopped)
+        return True
 
     async def _failed(self, node: NodeRecord, exc: Exception) -> None:
         tries = self._tries.setdefault(node.id, _Tries(node.expected))
