@@ -239,6 +239,10 @@ async def test_unclean_stop_is_reported_in_the_response(manager, memory, new_id)
     response = await manager.stop(new_id)
     assert "stopped uncleanly: killed by SIGKILL" in response
     assert "within 0.2s of SIGINT" in response
+    node = await manager.require(new_id)
+    assert node.failure.startswith("stopped uncleanly: killed by SIGKILL")
+    await manager.start(new_id)  # the next command clears it
+    assert (await manager.require(new_id)).failure is None
 
 
 async def test_a_failed_start_settles_on_the_actual_state(

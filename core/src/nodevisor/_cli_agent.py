@@ -72,6 +72,7 @@ async def _serve(agent: Agent) -> None:
         tasks.start_soon(_watch_signals, stop, tasks.cancel_scope)
         await agent.run(stop)
         tasks.cancel_scope.cancel()
+    log.info("agent stopped")
 
 
 async def _watch_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -91,14 +92,19 @@ def plugins_command() -> None:
     """List the runtimes that plugins provide, and plugins that failed."""
     plugins = PluginManager()
     plugins.load_entry_points()
-    table = Table("runtime", "class", "contract", "snapshot", "upgrade", "exec")
+    table = Table(
+        "runtime", "class", "contract", "snapshot", "upgrade", "exec", "protocol"
+    )
     for name, cls in sorted(plugins.runtimes.items()):
         caps = cls.capabilities
         table.add_row(
             name,
             f"{cls.__module__}.{cls.__qualname__}",
             str(cls.contract_version),
-            *(_yes(flag) for flag in (caps.snapshot, caps.upgrade, caps.exec)),
+            *(
+                _yes(flag)
+                for flag in (caps.snapshot, caps.upgrade, caps.exec, caps.protocol)
+            ),
         )
     out = console()
     out.print(table)

@@ -281,14 +281,16 @@ class NodeManager:
         spec = self.spec(node)
         node = await self._move(node, S.Stopping)
         outcome = await self._guarded(node, runtime, runtime.stop(spec))
+        unclean = ""
+        if not outcome.clean:
+            unclean = (
+                f"{outcome.detail or 'killed'} (it did not exit within "
+                f"{spec.grace_period:g}s of {spec.stop_signal})"
+            )
+            # Kept on the node: its chain data may need checking.
+            node = node.replace(failure=f"stopped uncleanly: {unclean}")
         node = await self._move(node, S.Stopped)
-        if outcome.clean:
-            return node, ""
-        detail = outcome.detail or "killed"
-        return node, (
-            f"{detail} (it did not exit within {spec.grace_period:g}s "
-            f"of {spec.stop_signal})"
-        )
+        return node, unclean
 
     async def restart(self, node_id: str) -> str:
         node = await self.require(node_id)

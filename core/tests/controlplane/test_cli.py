@@ -139,3 +139,27 @@ def test_an_otp_ttl_out_of_range_is_refused(tmp_path: Path, ttl: str) -> None:
         "control-plane", "otp", "create", "--ttl", ttl, "--data-dir", str(tmp_path)
     )
     assert result.exit_code == 2 and "is not between 0 and" in result.output
+
+
+def test_send_to_an_unreachable_control_plane_exits_69(tmp_path: Path) -> None:
+    from nodevisor.controlplane._tokens import ADMIN_TOKEN_FILE
+
+    (tmp_path / ADMIN_TOKEN_FILE).write_text("token")
+    node = str(uuid.uuid4())
+    result = _invoke(
+        "control-plane",
+        "send",
+        "--host",
+        str(uuid.uuid4()),
+        "--api",
+        "127.0.0.1:1",
+        "--data-dir",
+        str(tmp_path),
+        "--timeout",
+        "5",
+        "start",
+        "--node",
+        node,
+    )
+    assert result.exit_code == 69, result.output
+    assert "UNAVAILABLE" in result.output

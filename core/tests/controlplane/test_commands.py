@@ -135,6 +135,32 @@ async def test_updates_are_recorded_and_node_state_merged(
     ]
 
 
+async def test_a_report_without_a_failure_clears_the_old_one(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision()
+    node_id = str(uuid.uuid4())
+    agent = await open_agent(token)
+    stopped = STATUS.Value("Stopped")
+    await agent.send(
+        node=node_info(
+            node_id,
+            name="n1",
+            container_status=stopped,
+            failure_reason="found Stopped outside nodevisor",
+            block_height=7,
+        )
+    )
+    await agent.send(node=node_info(node_id, container_status=STATUS.Value("Running")))
+    await agent.send(node=node_info(node_id, block_height=9))  # no status: a partial
+    await agent.aclose()
+
+    [node] = await cp.admin.list_nodes(host_id)
+    assert node.info.name == "n1"
+    assert not node.info.HasField("failure_reason")
+    assert node.info.block_height == 9
+
+
 async def test_send_command_streams_ack_node_info_and_result(
     cp: RunningControlPlane, open_agent: OpenAgent
 ) -> None:

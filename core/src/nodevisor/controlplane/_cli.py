@@ -25,15 +25,19 @@ from .._output import console
 from ..admin.v1 import admin_pb2
 from ._client import AdminClient
 from ._commands import NODE_ACTIONS, describe_update, generic_command, node_command
-from ._errors import CommandTimeout, ControlPlaneError
+from ._errors import CommandTimeout, ControlPlaneError, Unavailable
 from ._server import serve as serve_forever
 
 __all__ = ["control_plane"]
 
 T = TypeVar("T")
 
-# The exit status of `send` when no result came within --timeout (as timeout(1)).
+# The exit status of `send` when no result came within --timeout (as timeout(1)),
+# and when the control plane could not be reached or went away (EX_UNAVAILABLE),
+# so that a script tells them from a command that failed.
 TIMED_OUT = 124
+UNREACHABLE = 69
+_EXIT_FOR = {CommandTimeout: TIMED_OUT, Unavailable: UNREACHABLE}
 
 STATUS = node_pb2.NodeInfo.ContainerStatus
 #: The longest a one-time password may stay valid: thirty days.
@@ -280,10 +284,10 @@ def _send_and_exit(target: _Target, command: command_flow_pb2.Command) -> None:
     try:
         code = _run(_send, target, command)
     except click.ClickException as exc:
-        if not isinstance(exc.__cause__, CommandTimeout):
+        code = _EXIT_FOR.get(type(exc.__cause__))
+        if code is None:
             raise
         click.echo(f"Error: {exc.message}", err=True)
-        code = TIMED_OUT
     sys.exit(min(code, 125) if code >= 0 else 1)
 
 

@@ -448,12 +448,30 @@ def _apply_node(
     if row is not None:
         merged.ParseFromString(row["info"])
     merged.MergeFrom(info)
+    if info.HasField("container_status"):
+        # A report with a status is the agent's whole view of the node: what
+        # it leaves unset (a failure cleared, a height no longer known) is
+        # unset now, not the value of an older report.
+        for name in _CURRENT_ONLY:
+            if not info.HasField(name):
+                merged.ClearField(name)
     db.execute(
         "INSERT OR REPLACE INTO nodes (host_id, id, info, updated_at)"
         " VALUES (?, ?, ?, ?)",
         (host_id, info.id.value, merged.SerializeToString(), now),
     )
     return Recorded()
+
+
+#: NodeInfo fields that only a report's own values describe.
+_CURRENT_ONLY = (
+    "failure_reason",
+    "block_height",
+    "sync_status",
+    "app_status",
+    "onchain_name",
+    "staking_status",
+)
 
 
 def _apply_command(
