@@ -200,3 +200,24 @@ async def test_a_node_that_keeps_stopping_by_itself_is_left_stopped(
     assert (await memory.inspect(new_id)).state is NodeState.STOPPED
     await manager.start(new_id)  # a command brings it back
     assert (await manager.require(new_id)).failure is None
+
+
+async def test_an_unreachable_engine_is_waited_for_not_given_up_on(
+    reconciler, manager, memory, new_id
+):
+    from nodevisor import RuntimeUnavailable
+
+    await running(manager, new_id)
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    real_start = memory.start
+
+    async def engine_down(spec):
+        raise RuntimeUnavailable("cannot reach the engine")
+
+    memory.start = engine_down
+    for _ in range(5):  # more than attempts (3); the runtime lists its
+        await settle(reconciler)  # nodes, so each pass tries again at once
+    assert not reconciler._tries[new_id].given_up
+    memory.start = real_start
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING

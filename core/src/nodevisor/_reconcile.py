@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from ._dispatch import Dispatcher
+from ._errors import RuntimeUnavailable
 from ._nodes import NodeManager
 from ._runtime import NodeState, Runtime, RuntimeNode
 from ._states import NodeStatus
@@ -35,6 +36,10 @@ log = logging.getLogger(__name__)
 class _Tries:
     expected: NodeStatus
     failures: int = 0
+    #: Every failed try, counted for the delay before the next one.
+    retries: int = 0
+    #: The last try failed because the engine could not be reached.
+    engine_down: bool = False
     not_before: float = 0.0
     given_up: bool = False
     #: When the node was found stopped although it should run.
@@ -44,6 +49,8 @@ class _Tries:
 class Reconciler:
     #: Seconds within which ``attempts`` falls make a node given up on.
     FALL_WINDOW = 600.0
+    #: The longest wait between two tries for one node, in seconds.
+    MAX_DELAY = 60.0
 
     def __init__(
         self,
@@ -98,6 +105,7 @@ class Reconciler:
             except Exception as exc:  # the engine may be down; try next pass
                 log.warning("runtime %r cannot list its nodes: %s", name, exc)
                 continue
+            self._engine_answered(name, records)
             if adopt:
                 await self._adopt(name, found)
                 records = await self.nodes.nodes()
@@ -105,6 +113,15 @@ class Reconciler:
                 if node.runtime == name and self._wanted(node, found.get(node.id)):
                     scheduled += self._schedule(node.id)
         return scheduled
+
+    def _engine_answered(self, runtime: str, records: list[NodeRecord]) -> None:
+        # The runtime listed its nodes: nodes that waited for its engine
+        # are tried again now rather than after their delay.
+        for node in records:
+            tries = self._tries.get(node.id)
+            if node.runtime == runtime and tries is not None and tries.engine_down:
+                tries.engine_down = False
+                tries.not_before = 0.0
 
     async def _adopt(self, runtime: str, found: dict[str, RuntimeNode]) -> None:
         known = await self.nodes.known_ids()
@@ -177,7 +194,12 @@ class Reconciler:
 
     async def _failed(self, node: NodeRecord, exc: Exception) -> None:
         tries = self._tries.setdefault(node.id, _Tries(node.expected))
-        tries.failures += 1
+        tries.retries += 1
+        # An engine that cannot be reached is not the node's fault: the node
+        # waits for it, however long, and is not given up on.
+        tries.engine_down = isinstance(exc, RuntimeUnavailable)
+        if not tries.engine_down:
+            tries.failures += 1
         if tries.failures >= self.attempts:
             tries.given_up = True
             reason = (
@@ -187,7 +209,7 @@ class Reconciler:
             log.error("node %s (%s): %s", node.id, node.name, reason)
             await self.nodes.give_up(node.id, reason)
             return
-        delay = min(300.0, self.first_delay * 2 ** (tries.failures - 1))
+        delay = min(self.MAX_DELAY, self.first_delay * 2 ** (tries.retries - 1))
         tries.not_before = time.monotonic() + delay
         log.warning(
             "node %s (%s): converging failed (%s); next try in %.0fs",
