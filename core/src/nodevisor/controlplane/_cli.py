@@ -40,6 +40,7 @@ UNREACHABLE = 69
 _EXIT_FOR = {CommandTimeout: TIMED_OUT, Unavailable: UNREACHABLE}
 
 STATUS = node_pb2.NodeInfo.ContainerStatus
+SYNC = node_pb2.NodeInfo.SyncStatus
 #: The longest a one-time password may stay valid: thirty days.
 MAX_TTL = 30 * 86400.0
 
@@ -168,7 +169,9 @@ def _plugin_failures(info: host_pb2.HostInfo) -> str:
 def nodes(host_id: str, api: str, data_dir: Path) -> None:
     """List the nodes, with their last known state."""
     found = _admin_call(api, data_dir, lambda admin: admin.list_nodes(host_id))
-    table = Table("host", "id", "name", "status", "image", "failure", "updated")
+    table = Table(
+        "host", "id", "name", "status", "image", "height", "sync", "failure", "updated"
+    )
     for node in found:
         info = node.info
         table.add_row(
@@ -177,6 +180,8 @@ def nodes(host_id: str, api: str, data_dir: Path) -> None:
             info.name,
             STATUS.Name(info.container_status),
             info.image,
+            str(info.block_height) if info.HasField("block_height") else "",
+            SYNC.Name(info.sync_status) if info.HasField("sync_status") else "",
             info.failure_reason,
             _when(node.updated_at),
         )
@@ -396,6 +401,8 @@ def generic(
         key, sep, raw = param.partition("=")
         if not sep or not key:
             raise click.UsageError(f"parameter {param!r} is not PARAM=VALUE")
+        if key in values:
+            raise click.UsageError(f"parameter {key!r} is given twice")
         values[key] = _plain_value(raw)
     _send_and_exit(target, generic_command(str(node_id), name, values))
 

@@ -93,6 +93,7 @@ class BabelRuntime(BabelBridge, Runtime):
     async def start(self, spec: NodeSpec) -> None:
         if await anyio.to_thread.run_sync(self._record, spec.id) is None:
             raise RuntimeFailure(f"node {spec.id} does not exist; create it first")
+        await self._refuse_port_clash(spec)
         if not await self._answers(spec.id):
             await self._launch(spec.id)
         await self._call(spec.id, "Start", babel_pb2.StartRequest(), 30)
@@ -160,6 +161,22 @@ class BabelRuntime(BabelBridge, Runtime):
             image=record["image"],
             url=record["url"],
         )
+
+    async def _refuse_port_clash(self, spec: NodeSpec) -> None:
+        # Processes on the host share its ports: a second node of a protocol
+        # with fixed ports would fail to bind, and the first node would answer
+        # the second one's protocol calls.
+        if not spec.ports:
+            return
+        for other in await self.list_nodes():
+            same = other.url.partition("/")[0] == spec.protocol
+            if other.id != spec.id and same and other.state is NodeState.RUNNING:
+                raise RuntimeFailure(
+                    f"cannot start node {spec.id}: node {other.id} of protocol "
+                    f"{spec.protocol!r} runs on this host and holds its ports "
+                    f"{', '.join(map(str, spec.ports))}; the babel runtime runs "
+                    "one node of a protocol with fixed ports at a time"
+                )
 
     async def list_nodes(self) -> list[RuntimeNode]:
         ids = await anyio.to_thread.run_sync(self._ids)
