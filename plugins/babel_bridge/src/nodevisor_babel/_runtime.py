@@ -298,8 +298,12 @@ class BabelRuntime(BabelBridge, Runtime):
         folder = self.root / node_id
         for name in ("node.pid", "babel.pid"):
             _kill(folder / name)
-        self.babel_socket(node_id).unlink(missing_ok=True)
+        socket = self.babel_socket(node_id)
+        socket.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
+        # The host's socket folder goes with its last node.
+        with contextlib.suppress(OSError):
+            socket.parent.rmdir()
 
     def _record(self, node_id: str) -> dict[str, str] | None:
         try:
