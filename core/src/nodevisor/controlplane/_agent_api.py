@@ -185,6 +185,7 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
         # delivery is at least once, and the agent answers repeats again.
         last = 0
         while True:
+            session.queued = False
             pending = await self._db.call(
                 self._db.unfinished_commands, session.host_id, last
             )
@@ -196,8 +197,12 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
                 sent = [command_id for _, command_id, _ in pending]
                 await self._db.call(self._db.mark_sent, sent)
             await self._confirm(session, context)
-            await session.wake.wait()
-            session.wake.clear()
+            # Confirmations wake the sender too; only queued commands need
+            # the database.
+            while not session.queued:
+                await session.wake.wait()
+                session.wake.clear()
+                await self._confirm(session, context)
 
     @staticmethod
     async def _confirm(session: Session, context: grpc.aio.ServicerContext) -> None:

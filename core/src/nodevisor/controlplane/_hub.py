@@ -45,6 +45,8 @@ class Session:
         self.done = asyncio.Event()
         self.end_status = grpc.StatusCode.OK
         self.end_details = ""
+        #: Whether commands were queued since the sender last looked.
+        self.queued = True
         #: The highest update number stored, and the highest confirmed.
         self.stored_up_to = 0
         self.confirmed_up_to = 0
@@ -108,6 +110,7 @@ class Hub:
         """Tell the host's open stream, if any, that commands were queued."""
         session = self._sessions.get(host_id)
         if session is not None:
+            session.queued = True
             session.wake.set()
 
     @contextlib.contextmanager
