@@ -152,8 +152,12 @@ make_rootfs() {
 write_dockerfile() {
     revision=$1
     recipe=$2
+    # Where pack-babel.py put babel's packages: not every Python (Debian's,
+    # for one) looks in its own lib/pythonX.Y/site-packages.
+    python_path=""
     if [ "$revision" -ge "$BABEL_REVISION" ]; then
         command='["python3", "-m", "nodevisor_babel", "--spec", "/run/babel/babel.json", "--socket", "/run/babel/babel.sock", "--logs", "/run/babel/logs"]'
+        python_path=$("$PYTHON" -c 'import sys; print("ENV PYTHONPATH=/usr/lib/python%d.%d/site-packages" % sys.version_info[:2])')
     else
         command='["litecoind", "-conf=/etc/litecoin/litecoin.conf", "-datadir=/data"]'
     fi
@@ -172,6 +176,7 @@ LABEL org.opencontainers.image.title="litecoin-regtest" \\
       io.nodevisor.litecoind-package="$DEBIAN_VERSION" \\
       io.nodevisor.recipe="$recipe"
 ENV PYTHONDONTWRITEBYTECODE=1
+$python_path
 CMD $command
 EOF
 }

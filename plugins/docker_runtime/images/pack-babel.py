@@ -8,7 +8,8 @@ every distribution ``nodevisor-babel`` needs, from the project's
 environment, so the image holds exactly the locked versions and nothing is
 downloaded. The layout is the usual one under ``ROOT/usr``: the binary at
 ``usr/bin/python3``, the library at ``usr/lib/python3.11`` with its
-``site-packages``. It prints the shared objects it copied, one a line, for
+``site-packages``. It prints the interpreter and the shared objects it copied,
+one a line, for
 the caller to ``ldd``.
 """
 
@@ -109,7 +110,9 @@ def main() -> None:
     site = copy_python(root)
     for dist in closure(TOP):
         copy_distribution(dist, site)
-    for shared in sorted(root.rglob("*.so*")):
+    # The interpreter links libraries too (Debian's links libz and libexpat).
+    binaries = sorted((root / "usr" / "bin").glob("python3.*"))
+    for shared in [*binaries, *sorted(root.rglob("*.so*"))]:
         if shared.is_file() and not shared.is_symlink():
             print(shared)
 
