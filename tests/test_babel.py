@@ -8,9 +8,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from google.protobuf import any_pb2, wrappers_pb2
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
+from nodevisor.controlplane._commands import generic_command
 
 pytestmark = pytest.mark.anyio
 
@@ -27,18 +27,7 @@ def command(node_id: str, **variant) -> command_flow_pb2.Command:
 
 def generic(node_id: str, name: str, **params) -> command_flow_pb2.Command:
     """A NodeGenericCommand: the name as `command`, each value packed plainly."""
-    wrappers = {
-        bool: wrappers_pb2.BoolValue,
-        int: wrappers_pb2.Int64Value,
-        float: wrappers_pb2.DoubleValue,
-        str: wrappers_pb2.StringValue,
-    }
-    packed = []
-    for key, value in {"command": name, **params}.items():
-        box = any_pb2.Any()
-        box.Pack(wrappers[type(value)](value=value))
-        packed.append(common_pb2.Parameter(name=key, value=box))
-    return command(node_id, generic=node_pb2.NodeGenericCommand(params=packed))
+    return generic_command(node_id, name, params)
 
 
 async def send(cp, host_id, cmd, seconds=120):

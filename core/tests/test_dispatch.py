@@ -229,3 +229,10 @@ async def test_host_info_get_sends_host_info(dispatch):
     await settle(dispatcher)
     assert any(u.HasField("host") and u.host.name == "test-host" for u in sent)
     assert sent.results()[0][:2] == ("h-2", 0)
+
+
+def test_generic_parameters_pack_and_unpack_to_the_same_values():
+    from nodevisor._protocol import pack_generic, unpack_generic
+
+    params = {"n": 5, "ratio": 0.5, "force": True, "label": "a b; c"}
+    assert unpack_generic("node", pack_generic("mine", params)) == ("mine", params)

@@ -17,9 +17,10 @@ import logging
 from collections.abc import Callable
 
 import anyio
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
-from blockjoy.api.v1 import node_pb2
+from blockjoy.api.v1 import common_pb2, node_pb2
 
 from ._errors import InvalidArgument, InvalidCommand
 from ._interface import Value
@@ -28,7 +29,7 @@ from ._runtime import ProtocolStatus
 from ._states import NodeStatus
 from ._store import NodeRecord
 
-__all__ = ["COMMAND_PARAMETER", "ProtocolWatch", "unpack_generic"]
+__all__ = ["COMMAND_PARAMETER", "ProtocolWatch", "pack_generic", "unpack_generic"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,28 @@ _WRAPPERS = (
     wrappers_pb2.DoubleValue,
     wrappers_pb2.BoolValue,
 )
+
+
+def pack_generic(name: str, params: dict[str, Value]) -> node_pb2.NodeGenericCommand:
+    """A ``NodeGenericCommand`` for command ``name``: the inverse of
+    ``unpack_generic``."""
+    packed = []
+    for key, value in {COMMAND_PARAMETER: name, **params}.items():
+        box = any_pb2.Any()
+        box.Pack(_wrapped(value))
+        packed.append(common_pb2.Parameter(name=key, value=box))
+    return node_pb2.NodeGenericCommand(params=packed)
+
+
+def _wrapped(value: Value) -> Message:
+    # bool first: it is an int to Python.
+    if isinstance(value, bool):
+        return wrappers_pb2.BoolValue(value=value)
+    if isinstance(value, int):
+        return wrappers_pb2.Int64Value(value=value)
+    if isinstance(value, float):
+        return wrappers_pb2.DoubleValue(value=value)
+    return wrappers_pb2.StringValue(value=value)
 
 
 def unpack_generic(

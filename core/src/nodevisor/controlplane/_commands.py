@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
 
+from .._protocol import pack_generic
 from ..admin.v1 import admin_pb2
 
 __all__ = ["NODE_ACTIONS", "describe_update", "generic_command", "node_command"]
@@ -40,22 +40,7 @@ def generic_command(
     """A ``NodeGenericCommand``: ``name`` as the parameter ``command``, each
     value packed as a ``StringValue``, ``Int64Value``, ``DoubleValue`` or
     ``BoolValue``."""
-    packed = []
-    for key, value in {"command": name, **params}.items():
-        box = any_pb2.Any()
-        box.Pack(_wrapped(value))
-        packed.append(common_pb2.Parameter(name=key, value=box))
-    return node_command(node_id, generic=node_pb2.NodeGenericCommand(params=packed))
-
-
-def _wrapped(value: int | float | str | bool) -> Message:
-    if isinstance(value, bool):
-        return wrappers_pb2.BoolValue(value=value)
-    if isinstance(value, int):
-        return wrappers_pb2.Int64Value(value=value)
-    if isinstance(value, float):
-        return wrappers_pb2.DoubleValue(value=value)
-    return wrappers_pb2.StringValue(value=value)
+    return node_command(node_id, generic=pack_generic(name, params))
 
 
 def describe_update(response: admin_pb2.SendCommandResponse) -> str:
