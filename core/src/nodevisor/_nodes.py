@@ -191,9 +191,7 @@ class NodeManager:
                 f"{msg.image.url!r}, whose protocol is {release.protocol!r}"
             )
         runtime = self.runtime(self.default_runtime)
-        holder = await self._db(self._store.node_named, name)
-        if holder is not None:
-            raise Conflict(f"node name {name!r} is taken by node {holder.id}")
+        await self._require_free(name)
 
         node = NodeRecord(
             id=node_id,
@@ -261,8 +259,7 @@ class NodeManager:
         log.warning(
             "node %s: the runtime has no trace of it; creating it again", spec.id
         )
-        await runtime.prepare(spec)
-        await runtime.create(spec)
+        await _make(runtime, spec)
 
     async def stop(self, node_id: str) -> str:
         node = await self.require(node_id)
@@ -401,9 +398,7 @@ class NodeManager:
             self._report(node)
             return f"node {node_id} unchanged"
         name = validate_name(msg.name)
-        holder = await self._db(self._store.node_named, name)
-        if holder is not None:
-            raise Conflict(f"node name {name!r} is taken by node {holder.id}")
+        await self._require_free(name)
         await self._save(node.replace(name=name), f"renamed from {node.name!r}")
         return f"node {node_id} renamed to {name}"
 
@@ -533,8 +528,7 @@ class NodeManager:
     async def _absent(self, node: NodeRecord, runtime: Runtime) -> str | None:
         if node.status in (S.UndefinedContainerStatus, S.Installing, S.Creating):
             spec = self.spec(node)
-            await runtime.prepare(spec)
-            await runtime.create(spec)
+            await _make(runtime, spec)
             await self._save(node.replace(status=S.Stopped), "create finished")
             return "finished an interrupted create"
         if node.failure == _missing(runtime) and node.status is S.Stopped:
@@ -580,6 +574,11 @@ class NodeManager:
         await self._save(node.replace(journal=None, status=status, failure=why), why)
         return why
 
+    async def _require_free(self, name: str) -> None:
+        holder = await self._db(self._store.node_named, name)
+        if holder is not None:
+            raise Conflict(f"node name {name!r} is taken by node {holder.id}")
+
     def _need(self, node: NodeRecord, *allowed: NodeStatus, command: str) -> None:
         if node.status not in allowed:
             needed = " or ".join(status.name for status in allowed)
@@ -587,6 +586,11 @@ class NodeManager:
                 f"cannot {command} node {node.id}: it is {node.status.name}, "
                 f"and {command} needs it {needed}"
             )
+
+
+async def _make(runtime: Runtime, spec: NodeSpec) -> None:
+    await runtime.prepare(spec)
+    await runtime.create(spec)
 
 
 def _log_lost_write(written: asyncio.Future[NodeRecord]) -> None:
