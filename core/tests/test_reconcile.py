@@ -133,6 +133,30 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
     assert "interrupted and rolled back" in back.failure
 
 
+async def test_a_no_op_command_still_says_what_the_node_should_be(
+    reconciler, manager, memory, store, new_id
+):
+    """A node left Stopped while Running was expected of it (an upgrade the
+    agent rolled back after a crash, say): a stop finds nothing to do, yet
+    the reconciler must not start the node it was just told to stop. And the
+    other way round for a start of a running node."""
+    await running(manager, new_id)
+    node = await manager.require(new_id)
+    await memory.stop(manager.spec(node))
+    store.save_node(node.replace(status=S.Stopped))  # still expected Running
+    assert "stopped already" in await manager.stop(new_id)
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.STOPPED
+    assert (await manager.require(new_id)).expected is S.Stopped
+
+    memory.set_state_out_of_band(new_id, NodeState.RUNNING)
+    store.save_node((await manager.require(new_id)).replace(status=S.Running))
+    assert "running already" in await manager.start(new_id)
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+    assert (await manager.require(new_id)).expected is S.Running
+
+
 async def test_nodes_the_store_lost_are_adopted_untouched(
     reconciler, manager, memory, store, new_id
 ):

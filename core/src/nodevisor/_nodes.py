@@ -152,6 +152,19 @@ class NodeManager:
         # same commit, before the runtime is asked to act.
         return node.replace(expected=expected, failure=None)
 
+    async def _intend(self, node: NodeRecord, expected: NodeStatus) -> None:
+        """Record a command's wish that needed no runtime step.
+
+        A node can be in the status a command asks for while the agent
+        expects another of it (an interrupted upgrade rolled back to Stopped,
+        say); the command's wish is the newer one, or the reconciler would
+        undo what the command just reported done.
+        """
+        if node.expected is not expected:
+            await self._save(
+                self._expect(node, expected), f"now expected {expected.name}"
+            )
+
     async def _settle(self, node: NodeRecord, runtime: Runtime, exc: Exception) -> None:
         """After a failed step, record the status the runtime actually shows."""
         try:
@@ -237,6 +250,7 @@ class NodeManager:
     async def start(self, node_id: str) -> str:
         node = await self.require(node_id)
         if node.status is S.Running:
+            await self._intend(node, S.Running)
             return f"node {node_id} is running already"
         self._need(node, S.Stopped, command="start")
         runtime = self.runtime(node.runtime)
@@ -264,6 +278,7 @@ class NodeManager:
     async def stop(self, node_id: str) -> str:
         node = await self.require(node_id)
         if node.status is S.Stopped:
+            await self._intend(node, S.Stopped)
             return f"node {node_id} is stopped already"
         self._need(node, S.Running, command="stop")
         runtime = self.runtime(node.runtime)
