@@ -49,3 +49,13 @@ class TestMemoryRuntime(ConformanceSuite):
             node={"command": ["testchaind"], "grace_period": 0.3},
             stubborn_node={"options": {"ignore_stop": True}},
         )
+
+
+@pytest.mark.anyio
+async def test_a_node_file_killed_before_its_first_write_is_no_node(memory):
+    """An agent killed between creating a node's file and writing it leaves
+    the file empty: that node was never made, and the others still list."""
+    memory._dir.mkdir(parents=True)
+    (memory._dir / "node-torn.json").touch()
+    assert await memory.inspect("torn") is None
+    assert await memory.list_nodes() == []

@@ -73,7 +73,7 @@ class MemoryRuntime(Runtime):
     def _load(self, node_id: str) -> dict[str, Any] | None:
         try:
             return _read(self._path(node_id))
-        except FileNotFoundError:
+        except (FileNotFoundError, _Unwritten):
             return None
 
     def _dump(self, node_id: str, node: dict[str, Any]) -> None:
@@ -100,7 +100,7 @@ class MemoryRuntime(Runtime):
         for path in self._dir.glob("node-*.json"):
             try:
                 yield _read(path)
-            except FileNotFoundError:  # removed while we listed
+            except (FileNotFoundError, _Unwritten):  # removed, or never made
                 continue
 
     async def _step(self, operation: str, node_id: str) -> dict[str, Any] | None:
@@ -219,8 +219,16 @@ class MemoryRuntime(Runtime):
         self._dump(node_id, node)
 
 
+class _Unwritten(Exception):
+    """A node file created but never written: its node was never made."""
+
+
 def _read(path: Path) -> dict[str, Any]:
-    node, _ = json.JSONDecoder().raw_decode(path.read_text())
+    text = path.read_text()
+    if not text:
+        # A process killed between creating the file and writing it.
+        raise _Unwritten(path)
+    node, _ = json.JSONDecoder().raw_decode(text)
     return node
 
 
