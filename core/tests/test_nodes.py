@@ -2,9 +2,10 @@
 
 import uuid
 
+import anyio
 import pytest
 
-from blockjoy.api.v1 import common_pb2, node_pb2
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
 from nodevisor import (
     Capabilities,
     Catalogue,
@@ -18,7 +19,11 @@ from nodevisor import (
     ServiceNotReady,
     UpgradeFailed,
 )
+from nodevisor._messages import node_update
+from nodevisor._nodes import NodeManager
+from nodevisor._outbox import Outbox
 from nodevisor._states import NodeStatus
+from nodevisor._store import StoreRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -339,3 +344,46 @@ async def test_delete_of_a_node_removed_outside_goes_through_at_once(
     assert "deleted" in await manager.delete(new_id)
     assert reports.statuses(new_id)[-2:] == ["Deleting", "Deleted"]
     assert memory.calls["stop"] == 0
+
+
+async def test_two_creates_racing_for_one_name_leave_one_node(
+    tmp_path, catalogue_dir, memory, store
+):
+    """Both pass the name check before either is stored: the second record
+    is refused as a conflict (the first one's record is not replaced), and
+    nothing is reported for the node that was never made."""
+    async with StoreRunner(store) as db:
+        outbox = Outbox(db)
+        manager = NodeManager(
+            db=db,
+            catalogue=Catalogue.load([catalogue_dir]),
+            runtimes={"memory": memory},
+            unavailable={},
+            default_runtime="memory",
+            host_id="host-1",
+            snapshot_dir=tmp_path / "snapshots",
+            report=lambda node: outbox.put(node_update(node)),
+        )
+        outcomes = {}
+
+        async def make(node_id):
+            try:
+                outcomes[node_id] = await manager.create(node_id, create("same"))
+            except Conflict as exc:
+                outcomes[node_id] = exc
+
+        ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        async with anyio.create_task_group() as tasks:
+            for node_id in ids:
+                tasks.start_soon(make, node_id)
+    refused = [i for i in ids if isinstance(outcomes[i], Conflict)]
+    made = [i for i in ids if i not in refused]
+    assert len(refused) == 1 and len(made) == 1, outcomes
+    assert f"taken by node {made[0]}" in str(outcomes[refused[0]])
+    assert [n.id for n in store.nodes()] == made
+    assert await memory.inspect(refused[0]) is None
+    reported = {
+        command_flow_pb2.InfoUpdate.FromString(payload).node.id.value
+        for _, payload in store.outbox()
+    }
+    assert reported == set(made)

@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._errors import ConfigError
+from ._errors import ConfigError, Conflict
 from ._states import NodeStatus
 
-__all__ = ["CommandRecord", "NodeRecord", "Store", "StoreRunner"]
+__all__ = ["CommandRecord", "NodeRecord", "Store", "StoreRunner", "WriteAbandoned"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -196,16 +196,31 @@ class Store:
         return None if row is None else _node(row)
 
     def save_node(self, node: NodeRecord) -> NodeRecord:
-        """Insert or replace the node's record; returns it as stored."""
+        """Insert or update the node's record; returns it as stored.
+
+        Raises ``Conflict`` if another live node has the record's name.
+        """
         now = time.time()
         node = node.replace(updated_at=now, created_at=node.created_at or now)
         fields = [f.name for f in dataclasses.fields(NodeRecord)]
         values = [_column(getattr(node, f)) for f in fields]
-        self._db.execute(
-            f"INSERT OR REPLACE INTO nodes ({', '.join(fields)}) "
-            f"VALUES ({', '.join('?' for _ in fields)})",
-            values,
-        )
+        # An upsert on the id: "INSERT OR REPLACE" would settle a name clash
+        # by deleting the other node's record.
+        updates = ", ".join(f"{f} = excluded.{f}" for f in fields if f != "id")
+        try:
+            self._db.execute(
+                f"INSERT INTO nodes ({', '.join(fields)}) "
+                f"VALUES ({', '.join('?' for _ in fields)}) "
+                f"ON CONFLICT(id) DO UPDATE SET {updates}",
+                values,
+            )
+        except sqlite3.IntegrityError as exc:
+            holder = self.node_named(node.name)
+            if holder is None or holder.id == node.id:
+                raise
+            raise Conflict(
+                f"node name {node.name!r} is taken by node {holder.id}"
+            ) from exc
         return node
 
     def forget_node(self, node_id: str) -> None:
@@ -265,6 +280,9 @@ class StoreRunner:
     is entered (``async with``), a flusher commits every queued write in one
     transaction and then wakes their callers in order. Outside ``async with``
     each write commits alone.
+
+    In a batch each write succeeds or fails on its own, except writes queued
+    inside ``with runner.together():``, which succeed or fail as one.
     """
 
     def __init__(self, store: Store) -> None:
@@ -277,6 +295,7 @@ class StoreRunner:
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._last_write: asyncio.Future[Any] | None = None
+        self._group: list[_Write] | None = None
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         # Reads see every write queued before them.
@@ -297,13 +316,46 @@ class StoreRunner:
     def write_nowait(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue a write; the future resolves once it is committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, args, future))
         self._last_write = future
+        if self._group is not None:
+            self._group.append((fn, args, future))
+        else:
+            self._enqueue(fn, args, future)
+        return future
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Make the writes queued inside commit together or not at all.
+
+        A record and the update that reports it, say: if the record cannot
+        be written, its report must not go out either. When one write of the
+        group fails, its future gets the error and the others' futures get
+        ``WriteAbandoned``.
+        """
+        if self._group is not None:  # nested: part of the outer group
+            yield
+            return
+        group: list[_Write] = []
+        self._group = group
+        try:
+            yield
+        finally:
+            self._group = None
+        if group:
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(lambda done: _settle_group(group, done))
+            self._enqueue(
+                _apply_group, ([(fn, args) for fn, args, _ in group],), future
+            )
+
+    def _enqueue(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]
+    ) -> None:
+        self._queue.append((fn, args, future))
         if self._flusher is None:
             asyncio.get_running_loop().create_task(self._flush_once())
         else:
             self._wake.set()
-        return future
 
     async def __aenter__(self) -> StoreRunner:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
@@ -344,6 +396,45 @@ class StoreRunner:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+
+_Write = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+class WriteAbandoned(Exception):
+    """A write not made because another write of its group failed."""
+
+
+class _GroupFailed(Exception):
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index, self.error = index, error
+
+
+def _apply_group(writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+    # Runs inside one write's savepoint: raising undoes the whole group.
+    results = []
+    for index, (fn, args) in enumerate(writes):
+        try:
+            results.append(fn(*args))
+        except Exception as exc:
+            raise _GroupFailed(index, exc) from exc
+    return results
+
+
+def _settle_group(group: list[_Write], done: asyncio.Future[Any]) -> None:
+    error = done.exception()
+    for index, (_, _, future) in enumerate(group):
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(done.result()[index])
+        elif isinstance(error, _GroupFailed) and index != error.index:
+            future.set_exception(WriteAbandoned(f"not written: {error.error!r}"))
+        elif isinstance(error, _GroupFailed):
+            future.set_exception(error.error)
+        else:
+            future.set_exception(error)
 
 
 def _column(value: object) -> object:
