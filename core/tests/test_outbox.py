@@ -107,3 +107,44 @@ async def test_leaving_the_runner_commits_every_queued_write(tmp_path):
             db.write_nowait(store.outbox_add, f"update {n}".encode())
     assert len(store.outbox()) == 400
     store.close()
+
+
+def _fails(message: str) -> None:
+    raise RuntimeError(message)
+
+
+async def test_an_update_queued_together_with_a_failed_write_is_not_sent(tmp_path):
+    """A report and the record it reports commit together or not at all: a
+    record that cannot be written takes its report with it, and the updates
+    around them are sent as usual."""
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        outbox.put(result(0))
+        with db.together():
+            record = db.write_nowait(_fails, "the record cannot be written")
+            outbox.put(result(1))
+        outbox.put(result(2))
+        with pytest.raises(RuntimeError, match="cannot be written"):
+            await record
+        assert [name for _, name in await take(outbox, 2)] == ["c-0", "c-2"]
+        assert len(outbox) == 2
+    rows = db.store.outbox()
+    assert [
+        command_flow_pb2.InfoUpdate.FromString(p).command.id.value for _, p in rows
+    ] == [
+        "c-0",
+        "c-2",
+    ]
+    db.store.close()
+
+
+async def test_writes_queued_together_commit_together(tmp_path):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        with db.together():
+            first = db.write_nowait(db.store.outbox_add, b"first")
+            outbox.put(result(1))
+        assert await first > 0
+        assert [name for _, name in await take(outbox, 1)] == ["c-1"]
+    assert db.store.outbox()[0][1] == b"first"
+    db.store.close()

@@ -165,10 +165,11 @@ class Dispatcher:
         node_id = command.node.id.value if command.HasField("node") else None
         # The record and the ack's outbox entry commit together: the ack is
         # sent only once the command is durable, and it runs only after that.
-        recorded = self._db.write_nowait(
-            self._db.store.record_command, command_id, node_id, kind
-        )
-        self._emit(command_ack(command_id))
+        with self._db.together():
+            recorded = self._db.write_nowait(
+                self._db.store.record_command, command_id, node_id, kind
+            )
+            self._emit(command_ack(command_id))
         await recorded
         log.debug(
             "command %s (%s) for %s: started", command_id, kind, node_id or "host"
@@ -181,16 +182,17 @@ class Dispatcher:
                 await self._interrupted(command_id)
             raise
 
-        # Queued, not awaited: the result's outbox entry commits in the same or a
-        # later batch, so the result is durable before it is sent. Until then a
+        # Queued, not awaited: the record and the result's outbox entry commit
+        # together, so the result is durable before it is sent. Until then a
         # repeat of the command is answered from memory.
         self._finishing[command_id] = (int(code), response)
-        written = self._db.write_nowait(
-            self._db.store.finish_command, command_id, int(code), response
-        )
+        with self._db.together():
+            written = self._db.write_nowait(
+                self._db.store.finish_command, command_id, int(code), response
+            )
+            self._emit(command_result(command_id, code, response))
         written.add_done_callback(lambda _: self._finishing.pop(command_id, None))
         log.info("command %s (%s): exit code %d: %s", command_id, kind, code, response)
-        self._emit(command_result(command_id, code, response))
         if self._finished is not None:
             self._finished(
                 command_id=command_id,

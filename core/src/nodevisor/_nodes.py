@@ -137,13 +137,18 @@ class NodeManager:
     async def _save(
         self, node: NodeRecord, why: str, *, wait: bool = True
     ) -> NodeRecord:
-        if wait:
-            node = await self._db.write(self._store.save_node, node)
-        else:
+        # The record and its report commit together: a record never lands
+        # unreported (a node deleted that way would vanish from the control
+        # plane's view for good), and a report never goes out for a record
+        # that failed.
+        with self._db.together():
             written = self._db.write_nowait(self._store.save_node, node)
+            self._report(node)
+        if wait:
+            node = await written
+        else:
             written.add_done_callback(_log_lost_write)
         log.info("node %s (%s): %s", node.id, node.name, why)
-        self._report(node)
         return node
 
     @staticmethod
@@ -238,14 +243,16 @@ class NodeManager:
             log.warning(
                 "node %s: cleanup after a failed create failed: %r", node.id, inner
             )
-        await self._db.write(self._store.forget_node, node.id)
         gone = node.replace(
             status=S.UndefinedContainerStatus, failure=f"create failed: {exc}"
         )
+        with self._db.together():
+            forgotten = self._db.write_nowait(self._store.forget_node, node.id)
+            self._report(gone)
+        await forgotten
         log.info(
             "node %s (%s): create failed, record removed: %s", node.id, node.name, exc
         )
-        self._report(gone)
 
     async def start(self, node_id: str) -> str:
         node = await self.require(node_id)

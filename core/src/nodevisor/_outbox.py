@@ -19,7 +19,7 @@ import anyio
 
 from blockjoy.api.v1 import command_flow_pb2
 
-from ._store import StoreRunner
+from ._store import StoreRunner, WriteAbandoned
 
 __all__ = ["MAX_MESSAGE_BYTES", "Outbox"]
 
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-@dataclass
+@dataclass(eq=False)  # entries are told apart by identity
 class _Entry:
     payload: bytes
     written: asyncio.Future[int]
@@ -101,19 +101,28 @@ class Outbox:
             entry = self._entries[self._cursor]
             try:
                 seq = await asyncio.shield(entry.written)
+            except WriteAbandoned as exc:
+                # Written together with a record that could not be: what it
+                # reports did not happen.
+                log.debug("dropping an update whose record failed: %s", exc)
+                self._drop(entry)
+                continue
             except Exception as exc:  # not durable: send it once, unnumbered
                 log.error("an update could not be stored (%r); sending it anyway", exc)
                 seq = 0
             return entry.payload + _numbered(seq)
+
+    def _drop(self, entry: _Entry) -> None:
+        self._entries.remove(entry)
+        if not self._entries:
+            self._empty.set()
 
     def sent(self) -> None:
         """The update ``next`` returned went out on the stream."""
         entry = self._entries[self._cursor]
         entry.sent_at = time.monotonic()
         if entry.seq is None:
-            del self._entries[self._cursor]  # unnumbered: nothing will confirm it
-            if not self._entries:
-                self._empty.set()
+            self._drop(entry)  # unnumbered: nothing will confirm it
             return
         self._cursor += 1
 
