@@ -181,6 +181,18 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
             session.stored(update.seq)
 
     async def _send(self, session: Session, context: grpc.aio.ServicerContext) -> None:
+        try:
+            await self._send_commands(session, context)
+        except Exception as exc:
+            # The agent went away between two writes: the reader sees the
+            # stream end too, and what was not confirmed goes out again.
+            if not context.done():
+                raise
+            log.debug("stream of host %s gone while writing: %r", session.host_id, exc)
+
+    async def _send_commands(
+        self, session: Session, context: grpc.aio.ServicerContext
+    ) -> None:
         # Every unfinished command goes out once per stream, in queue order:
         # delivery is at least once, and the agent answers repeats again.
         last = 0
