@@ -112,6 +112,7 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
     spec2 = manager.spec(node.replace(version="2"))
     await memory.stop(spec2)
     await memory.upgrade(manager.spec(node), spec2)
+    await manager.nodes()  # a read waits for the writes queued before it
     store.save_node(node.replace(status=S.Upgrading, journal=journal))
     await settle(reconciler)
     finished = await manager.require(new_id)
@@ -126,6 +127,7 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
     await manager.start(other)
     node = await manager.require(other)
     # the agent died before the runtime changed anything
+    await manager.nodes()
     store.save_node(node.replace(status=S.Upgrading, journal=journal))
     await settle(reconciler)
     back = await manager.require(other)

@@ -228,6 +228,15 @@ class Store:
             (command_id, node_id, kind, time.time()),
         )
 
+    def take_command(
+        self, command_id: str, node_id: str | None, kind: str
+    ) -> CommandRecord | None:
+        """Record a command unless it is known; the earlier record if it is."""
+        earlier = self.command(command_id)
+        if earlier is None:
+            self.record_command(command_id, node_id, kind)
+        return earlier
+
     def finish_command(self, command_id: str, exit_code: int, response: str) -> None:
         self._db.execute(
             "UPDATE commands SET finished_at = ?, exit_code = ?, response = ? "
