@@ -91,6 +91,13 @@ class NodeRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+_NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeRecord))
+_SAVE_NODE = (
+    f"INSERT OR REPLACE INTO nodes ({', '.join(_NODE_FIELDS)}) "
+    f"VALUES ({', '.join('?' for _ in _NODE_FIELDS)})"
+)
+
+
 @dataclass(frozen=True)
 class CommandRecord:
     id: str
@@ -199,13 +206,8 @@ class Store:
         """Insert or replace the node's record; returns it as stored."""
         now = time.time()
         node = node.replace(updated_at=now, created_at=node.created_at or now)
-        fields = [f.name for f in dataclasses.fields(NodeRecord)]
-        values = [_column(getattr(node, f)) for f in fields]
-        self._db.execute(
-            f"INSERT OR REPLACE INTO nodes ({', '.join(fields)}) "
-            f"VALUES ({', '.join('?' for _ in fields)})",
-            values,
-        )
+        values = [_column(getattr(node, f)) for f in _NODE_FIELDS]
+        self._db.execute(_SAVE_NODE, values)
         return node
 
     def forget_node(self, node_id: str) -> None:
