@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import sys
 import time
@@ -24,6 +23,7 @@ import anyio
 
 from nodevisor._agent import Agent
 from nodevisor._config import load_config
+from nodevisor._logging import configure
 
 IMPORTED = time.time()
 
@@ -53,7 +53,5 @@ async def main(config: Path) -> None:
 
 if __name__ == "__main__":
     level = sys.argv[2] if len(sys.argv) > 2 else "WARNING"
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(level)  # as `nodevisor` sets up its log
     asyncio.run(main(Path(sys.argv[1])))

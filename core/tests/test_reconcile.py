@@ -112,6 +112,7 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
     spec2 = manager.spec(node.replace(version="2"))
     await memory.stop(spec2)
     await memory.upgrade(manager.spec(node), spec2)
+    await manager.nodes()  # a read waits for the writes queued before it
     store.save_node(node.replace(status=S.Upgrading, journal=journal))
     await settle(reconciler)
     finished = await manager.require(new_id)
@@ -126,6 +127,7 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
     await manager.start(other)
     node = await manager.require(other)
     # the agent died before the runtime changed anything
+    await manager.nodes()
     store.save_node(node.replace(status=S.Upgrading, journal=journal))
     await settle(reconciler)
     back = await manager.require(other)
@@ -136,21 +138,30 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
 async def test_a_no_op_command_still_says_what_the_node_should_be(
     reconciler, manager, memory, store, new_id
 ):
-    """A node left Stopped while Running was expected of it (an upgrade the
-    agent rolled back after a crash, say): a stop finds nothing to do, yet
-    the reconciler must not start the node it was just told to stop. And the
-    other way round for a start of a running node."""
+    """An upgrade interrupted after it stopped the node is rolled back to
+    Stopped, while Running is still expected of the node: a stop then finds
+    nothing to do, yet the reconciler must not start the node it was just
+    told to stop. And the other way round for a start of a running node."""
     await running(manager, new_id)
     node = await manager.require(new_id)
-    await memory.stop(manager.spec(node))
-    store.save_node(node.replace(status=S.Stopped))  # still expected Running
+    await memory.stop(manager.spec(node))  # the upgrade's first step
+    await manager.nodes()  # a read waits for the writes queued before it
+    journal = json.dumps({"op": "upgrade", "from": "1", "to": "2"})
+    store.save_node(node.replace(status=S.Upgrading, journal=journal))
+    await manager.get(new_id)  # read afresh, as after a restart
+    await settle(reconciler)
+    rolled_back = await manager.require(new_id)
+    assert (rolled_back.status, rolled_back.expected) == (S.Stopped, S.Running)
+
     assert "stopped already" in await manager.stop(new_id)
     await settle(reconciler)
     assert (await memory.inspect(new_id)).state is NodeState.STOPPED
     assert (await manager.require(new_id)).expected is S.Stopped
 
     memory.set_state_out_of_band(new_id, NodeState.RUNNING)
+    await manager.nodes()
     store.save_node((await manager.require(new_id)).replace(status=S.Running))
+    await manager.get(new_id)
     assert "running already" in await manager.start(new_id)
     await settle(reconciler)
     assert (await memory.inspect(new_id)).state is NodeState.RUNNING

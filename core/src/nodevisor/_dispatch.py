@@ -159,18 +159,25 @@ class Dispatcher:
                 )
             )
             return
-        if await self._answered_before(command_id):
+        if command_id in self._finishing:  # its result is on its way to the store
+            code, response = self._finishing[command_id]
+            self._emit(command_ack(command_id))
+            self._answer_again(command_id, code, response)
             return
 
         node_id = command.node.id.value if command.HasField("node") else None
         # The record and the ack's outbox entry commit together: the ack is
         # sent only once the command is durable, and it runs only after that.
+        # A command seen before keeps its record, which comes back instead.
         with self._db.together():
             recorded = self._db.write_nowait(
-                self._db.store.record_command, command_id, node_id, kind
+                self._db.store.take_command, command_id, node_id, kind
             )
             self._emit(command_ack(command_id))
-        await recorded
+        earlier = await recorded
+        if earlier is not None:
+            await self._answered_before(earlier)
+            return
         log.debug(
             "command %s (%s) for %s: started", command_id, kind, node_id or "host"
         )
@@ -212,23 +219,17 @@ class Dispatcher:
         log.warning("command %s interrupted by the agent stopping", command_id)
         self._emit(command_result(command_id, code, why))
 
-    async def _answered_before(self, command_id: str) -> bool:
-        record = await self._db(self._db.store.command, command_id)
-        if command_id in self._finishing:
-            code, response = self._finishing[command_id]
-            record = CommandRecord(command_id, None, "", 0, 0, code, response)
-        if record is None:
-            return False
-        self._emit(command_ack(command_id))
+    def _answer_again(self, command_id: str, code: int, response: str) -> None:
+        log.info("command %s was executed before; sending its result again", command_id)
+        self._emit(command_result(command_id, code, response))
+
+    async def _answered_before(self, record: CommandRecord) -> None:
+        """Answer a command the store knew already (its ack is sent)."""
+        command_id = record.id
         if record.finished:
-            log.info(
-                "command %s was executed before; sending its result again", command_id
-            )
             assert record.exit_code is not None
-            self._emit(
-                command_result(command_id, record.exit_code, record.response or "")
-            )
-            return True
+            self._answer_again(command_id, record.exit_code, record.response or "")
+            return
         code, why = (
             ExitCode.INTERNAL_ERROR,
             (
@@ -238,7 +239,6 @@ class Dispatcher:
         )
         await self._db.write(self._db.store.finish_command, command_id, int(code), why)
         self._emit(command_result(command_id, code, why))
-        return True
 
     async def _outcome(self, command: command_flow_pb2.Command) -> tuple[ExitCode, str]:
         try:

@@ -13,6 +13,7 @@ methods need no lock of their own.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -96,14 +97,27 @@ class NodeManager:
         self.host_id = host_id
         self.snapshot_dir = snapshot_dir
         self._report = report
+        #: Every node record read or written, as last written: commands read
+        #: their node from here, not from the store through its thread. The
+        #: reconciler's ``get`` reads the store and refreshes it.
+        self._known: dict[str, NodeRecord] = {}
 
     # lookups
 
     async def nodes(self) -> list[NodeRecord]:
         return await self._db(self._store.nodes)
 
+    async def _record(self, node_id: str) -> NodeRecord | None:
+        """The node's record: the last one written, or the store's."""
+        node = self._known.get(node_id)
+        if node is None:
+            node = await self._db(self._store.node, node_id)
+            if node is not None:  # unless a write came meanwhile
+                node = self._known.setdefault(node_id, node)
+        return node
+
     async def require(self, node_id: str) -> NodeRecord:
-        node = await self._db(self._store.node, node_id)
+        node = await self._record(node_id)
         if node is None:
             raise NodeNotFound(f"no node with id {node_id!r} on this host")
         if node.status is S.Deleted:
@@ -137,19 +151,39 @@ class NodeManager:
     async def _save(
         self, node: NodeRecord, why: str, *, wait: bool = True
     ) -> NodeRecord:
-        # The record and its report commit together: a record never lands
-        # unreported (a node deleted that way would vanish from the control
-        # plane's view for good), and a report never goes out for a record
-        # that failed.
-        with self._db.together():
-            written = self._db.write_nowait(self._store.save_node, node)
-            self._report(node)
-        if wait:
-            node = await written
-        else:
-            written.add_done_callback(_log_lost_write)
+        node = await self._write(node, wait=wait, report=True)
         log.info("node %s (%s): %s", node.id, node.name, why)
         return node
+
+    async def _write(
+        self, node: NodeRecord, *, wait: bool = True, report: bool = False
+    ) -> NodeRecord:
+        """Save the record; with ``wait``, return once it is committed.
+
+        With ``report``, the record and its report commit together: a record
+        never lands unreported (a node deleted that way would vanish from the
+        control plane's view for good), and a report never goes out for a
+        record that failed.
+        """
+        self._known[node.id] = node
+        with self._db.together():
+            written = self._db.write_nowait(self._store.save_node, node)
+            if report:
+                self._report(node)
+        written.add_done_callback(functools.partial(self._written, node, not wait))
+        if wait:
+            node = await written  # a failure is raised here
+        return node
+
+    def _written(
+        self, node: NodeRecord, unawaited: bool, written: asyncio.Future[NodeRecord]
+    ) -> None:
+        if written.cancelled() or written.exception() is None:
+            return
+        if unawaited:
+            log.error("a node's status could not be stored: %r", written.exception())
+        if self._known.get(node.id) is node:  # the store does not have it
+            del self._known[node.id]
 
     @staticmethod
     def _expect(node: NodeRecord, expected: NodeStatus) -> NodeRecord:
@@ -198,7 +232,7 @@ class NodeManager:
 
     async def create(self, node_id: str, msg: node_pb2.NodeCreate) -> str:
         node_id = _validate_id(node_id)
-        existing = await self._db(self._store.node, node_id)
+        existing = await self._record(node_id)
         if existing is not None and existing.status is not S.Deleted:
             return f"node {node_id} exists already ({existing.name}); nothing to do"
         name = validate_name(msg.name)
@@ -221,7 +255,7 @@ class NodeManager:
             status=S.UndefinedContainerStatus,
             expected=S.Stopped,
         )
-        node = await self._db.write(self._store.save_node, node)
+        node = await self._write(node)
         spec = self.spec(node, release)
         try:
             node = await self._move(node, S.Installing)
@@ -243,6 +277,7 @@ class NodeManager:
             log.warning(
                 "node %s: cleanup after a failed create failed: %r", node.id, inner
             )
+        self._known.pop(node.id, None)
         gone = node.replace(
             status=S.UndefinedContainerStatus, failure=f"create failed: {exc}"
         )
@@ -464,7 +499,16 @@ class NodeManager:
     # recovery: what the reconciler asks for, one node at a time
 
     async def get(self, node_id: str) -> NodeRecord | None:
-        return await self._db(self._store.node, node_id)
+        """The store's record of the node, read afresh.
+
+        Called in the node's lane, where no write of it can race the read.
+        """
+        node = await self._db(self._store.node, node_id)
+        if node is None:
+            self._known.pop(node_id, None)
+        else:
+            self._known[node_id] = node
+        return node
 
     async def known_ids(self) -> set[str]:
         """Every node id in the store, deleted ones included."""
@@ -613,11 +657,6 @@ class NodeManager:
 async def _make(runtime: Runtime, spec: NodeSpec) -> None:
     await runtime.prepare(spec)
     await runtime.create(spec)
-
-
-def _log_lost_write(written: asyncio.Future[NodeRecord]) -> None:
-    if not written.cancelled() and written.exception() is not None:
-        log.error("a node's status could not be stored: %r", written.exception())
 
 
 def _missing(runtime: Runtime) -> str:

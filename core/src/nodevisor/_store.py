@@ -91,6 +91,17 @@ class NodeRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
+_NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeRecord))
+# An upsert on the id: "INSERT OR REPLACE" would settle a clash on the
+# unique live-name index by deleting the other node's record.
+_SAVE_NODE = (
+    f"INSERT INTO nodes ({', '.join(_NODE_FIELDS)}) "
+    f"VALUES ({', '.join('?' for _ in _NODE_FIELDS)}) "
+    "ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{f} = excluded.{f}" for f in _NODE_FIELDS if f != "id")
+)
+
+
 @dataclass(frozen=True)
 class CommandRecord:
     id: str
@@ -202,18 +213,9 @@ class Store:
         """
         now = time.time()
         node = node.replace(updated_at=now, created_at=node.created_at or now)
-        fields = [f.name for f in dataclasses.fields(NodeRecord)]
-        values = [_column(getattr(node, f)) for f in fields]
-        # An upsert on the id: "INSERT OR REPLACE" would settle a name clash
-        # by deleting the other node's record.
-        updates = ", ".join(f"{f} = excluded.{f}" for f in fields if f != "id")
+        values = [_column(getattr(node, f)) for f in _NODE_FIELDS]
         try:
-            self._db.execute(
-                f"INSERT INTO nodes ({', '.join(fields)}) "
-                f"VALUES ({', '.join('?' for _ in fields)}) "
-                f"ON CONFLICT(id) DO UPDATE SET {updates}",
-                values,
-            )
+            self._db.execute(_SAVE_NODE, values)
         except sqlite3.IntegrityError as exc:
             holder = self.node_named(node.name)
             if holder is None or holder.id == node.id:
@@ -242,6 +244,15 @@ class Store:
             "VALUES (?, ?, ?, ?)",
             (command_id, node_id, kind, time.time()),
         )
+
+    def take_command(
+        self, command_id: str, node_id: str | None, kind: str
+    ) -> CommandRecord | None:
+        """Record a command unless it is known; the earlier record if it is."""
+        earlier = self.command(command_id)
+        if earlier is None:
+            self.record_command(command_id, node_id, kind)
+        return earlier
 
     def finish_command(self, command_id: str, exit_code: int, response: str) -> None:
         self._db.execute(

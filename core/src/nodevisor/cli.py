@@ -8,6 +8,7 @@ import click
 
 from . import __version__
 from ._cli_agent import agent
+from ._logging import configure
 from .controlplane._cli import control_plane
 
 
@@ -17,9 +18,7 @@ from .controlplane._cli import control_plane
 def main(verbose: int) -> None:
     """nodevisor runs blockchain nodes on this host for a control plane."""
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(level)
 
 
 main.add_command(agent)

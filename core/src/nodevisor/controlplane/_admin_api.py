@@ -17,7 +17,7 @@ from blockjoy.api.v1 import command_flow_pb2
 
 from .._outbox import MAX_MESSAGE_BYTES
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
-from ._db import Database, with_meta
+from ._db import Database, queue_command, with_meta
 from ._errors import CommandTimeout, InvalidRequest, Unauthenticated, abort_on_error
 from ._hub import Event, Hub
 from ._tokens import ADMIN_TOKEN_FILE, bearer_token
@@ -106,10 +106,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             command, command_id = with_meta(request.command, time.time())
             node_id = command.node.id.value if command.HasField("node") else ""
             with self._hub.watch(request.host_id, command_id, node_id) as events:
-                queued = await self._db.call(
-                    self._db.queue_command, request.host_id, command, command_id
+                written = await self._db.write(
+                    queue_command, request.host_id, command, command_id
                 )
-                self._hub.wake(request.host_id)
+                queued = written.record
+                self._hub.wake(
+                    request.host_id, (written.seq, queued.id, written.command)
+                )
                 log.info("queued command %s for host %s", queued.id, queued.host_id)
                 yield _response(time.time(), queued=queued)
                 async for response in _follow(events, queued, timeout):

@@ -18,7 +18,7 @@ from blockjoy.api.v1 import (
     host_pb2_grpc,
 )
 
-from ._db import Database, Recorded
+from ._db import Database, Recorded, mark_sent, record_updates
 from ._errors import InvalidRequest, abort_on_error
 from ._hub import Event, Hub, Session
 from ._tokens import bearer_token
@@ -55,6 +55,13 @@ def _published(
             "host %s sent an update that was not applied: %s", host_id, recorded.error
         )
     hub.publish(Event(host_id, received_at, update, recorded.command_id))
+
+
+def _log_failed_write(written: asyncio.Future[None]) -> None:
+    # Only bookkeeping: a command not marked sent is still sent again on
+    # the next stream, as every unfinished command is.
+    if not written.cancelled() and written.exception() is not None:
+        log.error("could not mark commands sent: %r", written.exception())
 
 
 class HostsServicer(host_pb2_grpc.HostsServicer):
@@ -166,7 +173,7 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
     ) -> None:
         host_id = session.host_id
         try:
-            results = await self._db.call(self._db.record_updates, host_id, batch)
+            results = await self._db.write(record_updates, host_id, batch)
         except Exception:  # unconfirmed: the agent sends them again
             log.exception("could not record %d updates of host %s", len(batch), host_id)
             return
@@ -195,26 +202,35 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
     ) -> None:
         # Every unfinished command goes out once per stream, in queue order:
         # delivery is at least once, and the agent answers repeats again.
+        # The database is read when the stream opens; commands queued later
+        # are handed over by the hub once committed, in queue order (those
+        # numbered up to the last one sent were in a read, or are finished).
+        db = self._db
+        session.queued = False
+        session.outgoing.clear()
+        pending = await db.call(db.unfinished_commands, session.host_id, 0)
         last = 0
         while True:
-            session.queued = False
-            pending = await self._db.call(
-                self._db.unfinished_commands, session.host_id, last
-            )
-            for seq, command_id, command in pending:
-                await context.write(command)
-                log.debug("sent command %s to host %s", command_id, session.host_id)
-                last = seq
             if pending:
+                for seq, command_id, command in pending:
+                    await context.write(command)
+                    log.debug("sent command %s to host %s", command_id, session.host_id)
+                    last = max(last, seq)
                 sent = [command_id for _, command_id, _ in pending]
-                await self._db.call(self._db.mark_sent, sent)
+                db.write(mark_sent, sent).add_done_callback(_log_failed_write)
             await self._confirm(session, context)
-            # Confirmations wake the sender too; only queued commands need
-            # the database.
-            while not session.queued:
+            # Confirmations wake the sender too.
+            while not (session.queued or session.outgoing):
                 await session.wake.wait()
                 session.wake.clear()
                 await self._confirm(session, context)
+            if session.queued:  # queued without the command in hand: look
+                session.queued = False
+                session.outgoing.clear()
+                pending = await db.call(db.unfinished_commands, session.host_id, last)
+            else:
+                pending = [item for item in session.outgoing if item[0] > last]
+                session.outgoing.clear()
 
     @staticmethod
     async def _confirm(session: Session, context: grpc.aio.ServicerContext) -> None:

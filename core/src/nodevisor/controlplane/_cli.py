@@ -21,6 +21,7 @@ from rich.table import Table
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 
+from .._logging import configure
 from .._output import console
 from ..admin.v1 import admin_pb2
 from ._client import AdminClient
@@ -102,8 +103,7 @@ def serve(listen: str, data_dir: Path) -> None:
     logger = logging.getLogger(__package__)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure()
     _run(serve_forever, data_dir, listen)
 
 

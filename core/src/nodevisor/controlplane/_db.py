@@ -2,11 +2,15 @@
 
 ``Database`` is synchronous and serialises its calls on one connection; the
 servicers reach it through ``Database.call``, which runs a method in a worker
-thread so that the event loop never waits on the disk.
+thread so that the event loop never waits on the disk, and the busiest writes
+(queueing a command, recording updates, marking commands sent) through
+``Database.write``, which commits every write queued meanwhile in one
+transaction, one fsync.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import enum
@@ -18,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 from google.protobuf.message import Message
@@ -29,12 +33,22 @@ from ..admin.v1 import admin_pb2
 from ._errors import InvalidRequest, NotFound, OtpRejected, Unauthenticated
 from ._tokens import digest, new_secret
 
-__all__ = ["CommandState", "Database", "Recorded", "with_meta"]
+__all__ = [
+    "CommandState",
+    "Database",
+    "Queued",
+    "Recorded",
+    "mark_sent",
+    "queue_command",
+    "record_updates",
+    "with_meta",
+]
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+_Write = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS otps (
@@ -102,6 +116,9 @@ class Database:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(SCHEMA)
+        self._queue: list[_Write] = []
+        self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Database {self.path}>"
@@ -114,6 +131,62 @@ class Database:
         """Run one of this database's methods in a worker thread."""
         bound = functools.partial(fn, *args, **kwargs)
         return await anyio.to_thread.run_sync(bound, limiter=self._limiter)
+
+    def write(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> asyncio.Future[T]:
+        """Queue ``fn(connection, ...)``; the future resolves once it is committed.
+
+        Writes queued while a commit is under way go together into the next
+        one; a write that raises is rolled back alone.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((functools.partial(fn, **kwargs), args, future))
+        if not self._flushing:
+            self._flushing = True
+            self._flusher = loop.create_task(self._flush())
+        return future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                writes = [(fn, args) for fn, args, _ in batch]
+                try:
+                    results = await anyio.to_thread.run_sync(
+                        self._apply, writes, limiter=self._limiter
+                    )
+                except Exception as exc:  # the commit failed: every write in it did
+                    log.error("committing %d writes failed: %r", len(batch), exc)
+                    results = [exc] * len(batch)
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flushing = False
+
+    def _apply(
+        self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[Any]:
+        results: list[Any] = []
+        with self._transaction() as db:
+            for fn, args in writes:
+                db.execute("SAVEPOINT one_write")
+                try:
+                    results.append(fn(db, *args))
+                except Exception as exc:  # handed to that write's caller
+                    db.execute("ROLLBACK TO one_write")
+                    results.append(exc)
+                db.execute("RELEASE one_write")
+        return results
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -209,29 +282,8 @@ class Database:
 
         ``command_id`` is the id of a command that carries no meta to hold one.
         """
-        now = time.time()
-        command, filled = with_meta(command, now)
-        command_id = command_id or filled
         with self._transaction() as db:
-            _require_host(db, host_id)
-            _require_new_command(db, command_id)
-            variant = command.WhichOneof("type")
-            db.execute(
-                "INSERT INTO commands (id, host_id, node_id, variant, payload,"
-                " state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    command_id,
-                    host_id,
-                    _node_id(command),
-                    variant,
-                    command.SerializeToString(),
-                    CommandState.QUEUED,
-                    now,
-                    now,
-                ),
-            )
-            row = db.execute("SELECT * FROM commands WHERE id = ?", (command_id,))
-            return _command(row.fetchone())
+            return queue_command(db, host_id, command, command_id).record
 
     def unfinished_commands(
         self, host_id: str, after: int = 0
@@ -250,16 +302,8 @@ class Database:
 
     def mark_sent(self, command_ids: Iterable[str]) -> None:
         """The commands were written to their host's stream: one commit."""
-        now = time.time()
         with self._transaction() as db:
-            db.executemany(
-                "UPDATE commands SET state = ?, updated_at = ? WHERE id = ?"
-                " AND state = ?",
-                (
-                    (CommandState.SENT, now, command_id, CommandState.QUEUED)
-                    for command_id in command_ids
-                ),
-            )
+            mark_sent(db, command_ids)
 
     def list_commands(self, host_id: str = "") -> list[admin_pb2.CommandRecord]:
         with self._lock:
@@ -288,19 +332,8 @@ class Database:
         An update whose recording raises is rolled back alone; its exception
         takes its place in the result, and the others are kept.
         """
-        now = time.time()
-        results: list[Recorded | Exception] = []
         with self._transaction() as db:
-            for update in updates:
-                db.execute("SAVEPOINT one_update")
-                try:
-                    results.append(_record(db, host_id, update, now))
-                except Exception as exc:  # handed back to the caller, in its place
-                    db.execute("ROLLBACK TO one_update")
-                    results.append(exc)
-                db.execute("RELEASE one_update")
-            db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (now, host_id))
-        return results
+            return record_updates(db, host_id, updates)
 
     def updates(self, host_id: str) -> list[tuple[float, str | None, str | None]]:
         """``(received_at, kind, error)`` of every update of ``host_id``."""
@@ -311,6 +344,90 @@ class Database:
                 (host_id,),
             ).fetchall()
         return [(row["received_at"], row["kind"], row["error"]) for row in rows]
+
+
+# Writes that run inside a transaction (``Database.write`` or a method's own).
+
+
+@dataclasses.dataclass(frozen=True)
+class Queued:
+    """A command just queued: its record, its place in the queue, itself."""
+
+    record: admin_pb2.CommandRecord
+    seq: int
+    command: command_flow_pb2.Command
+
+
+def queue_command(
+    db: sqlite3.Connection,
+    host_id: str,
+    command: command_flow_pb2.Command,
+    command_id: str | None = None,
+) -> Queued:
+    """Store ``command`` for ``host_id``, filling its id and time if empty."""
+    now = time.time()
+    command, filled = with_meta(command, now)
+    command_id = command_id or filled
+    _require_host(db, host_id)
+    _require_new_command(db, command_id)
+    variant = command.WhichOneof("type")
+    cursor = db.execute(
+        "INSERT INTO commands (id, host_id, node_id, variant, payload,"
+        " state, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            command_id,
+            host_id,
+            _node_id(command),
+            variant,
+            command.SerializeToString(),
+            CommandState.QUEUED,
+            now,
+            now,
+        ),
+    )
+    assert cursor.lastrowid is not None
+    record = admin_pb2.CommandRecord(
+        id=command_id,
+        host_id=host_id,
+        node_id=_node_id(command),
+        state=CommandState.QUEUED.to_proto(),
+        command=command,
+    )
+    _timestamp(now, record.created_at)
+    _timestamp(now, record.updated_at)
+    return Queued(record, cursor.lastrowid, command)
+
+
+def mark_sent(db: sqlite3.Connection, command_ids: Iterable[str]) -> None:
+    """The commands were written to their host's stream."""
+    now = time.time()
+    db.executemany(
+        "UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+        (
+            (CommandState.SENT, now, command_id, CommandState.QUEUED)
+            for command_id in command_ids
+        ),
+    )
+
+
+def record_updates(
+    db: sqlite3.Connection,
+    host_id: str,
+    updates: Sequence[command_flow_pb2.InfoUpdate],
+) -> list[Recorded | Exception]:
+    """Store and apply ``updates`` in order; each rolled back alone if it raises."""
+    now = time.time()
+    results: list[Recorded | Exception] = []
+    for update in updates:
+        db.execute("SAVEPOINT one_update")
+        try:
+            results.append(_record(db, host_id, update, now))
+        except Exception as exc:  # handed back to the caller, in its place
+            db.execute("ROLLBACK TO one_update")
+            results.append(exc)
+        db.execute("RELEASE one_update")
+    db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (now, host_id))
+    return results
 
 
 def _parse(cls: type[T], payload: bytes) -> T:

@@ -20,9 +20,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from blockjoy.api.v1 import command_flow_pb2
 
-__all__ = ["Event", "Hub", "Session"]
+__all__ = ["Event", "Hub", "Outgoing", "Session"]
 
 log = logging.getLogger(__name__)
+
+#: A queued command: its queue number (``commands.seq``), its id and itself.
+Outgoing = tuple[int, str, command_flow_pb2.Command]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +48,12 @@ class Session:
         self.done = asyncio.Event()
         self.end_status = grpc.StatusCode.OK
         self.end_details = ""
-        #: Whether commands were queued since the sender last looked.
+        #: Whether commands were queued since the sender last looked, that
+        #: only the database has.
         self.queued = True
+        #: Commands queued since the sender last looked, handed over with
+        #: their queue numbers, in order.
+        self.outgoing: list[Outgoing] = []
         #: The highest update number stored, and the highest confirmed.
         self.stored_up_to = 0
         self.confirmed_up_to = 0
@@ -106,11 +113,19 @@ class Hub:
         for session in list(self._live):
             await session.done.wait()
 
-    def wake(self, host_id: str) -> None:
-        """Tell the host's open stream, if any, that commands were queued."""
+    def wake(self, host_id: str, command: Outgoing | None = None) -> None:
+        """Tell the host's open stream, if any, that commands were queued.
+
+        ``command`` is the one just queued, committed, so that the stream
+        can send it without reading the database; without it, the stream
+        looks in the database.
+        """
         session = self._sessions.get(host_id)
         if session is not None:
-            session.queued = True
+            if command is None:
+                session.queued = True
+            else:
+                session.outgoing.append(command)
             session.wake.set()
 
     @contextlib.contextmanager
