@@ -2,7 +2,9 @@
 
 import contextlib
 import os
+import re
 import stat
+import sys
 import uuid
 
 import anyio
@@ -213,6 +215,28 @@ async def test_a_second_agent_on_one_data_dir_is_refused(control_plane, config):
     async with running_agent(config):
         with pytest.raises(AgentLocked, match=r"another agent \(pid \d+\) is running"):
             await Agent(config).run()
+
+
+async def test_the_command_line_says_so_in_one_line(control_plane, config, tmp_path):
+    """The lock is taken inside the agent's task group; the error must still
+    reach the operator as one line, not as a traceback of exception groups."""
+    await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f'data_dir = "{config.data_dir}"\nruntime = "memory"\n'
+        f'catalogue = ["{config.catalogue[0]}"]\n'
+    )
+    async with running_agent(config):
+        second = await anyio.run_process(
+            [sys.executable, "-m", "nodevisor", "agent", "run", "--config", str(path)],
+            check=False,
+        )
+    stderr = second.stderr.decode()
+    assert second.returncode == 1
+    assert re.search(r"^Error: another agent \(pid \d+\) is running", stderr, re.M)
+    assert "Traceback" not in stderr and "ExceptionGroup" not in stderr
 
 
 async def test_api_url_from_config_wins_over_the_provisioned_one(control_plane, config):

@@ -155,3 +155,16 @@ def _run(make: Callable[[], Awaitable[T]]) -> T:
         return anyio.run(make)
     except NodevisorError as exc:
         raise click.ClickException(str(exc)) from exc
+    except BaseExceptionGroup as group:
+        # Raised inside a task group (the agent's start-up, say): one error
+        # arrives wrapped, and deserves the same one-line message.
+        error = _sole(group)
+        if not isinstance(error, NodevisorError):
+            raise
+        raise click.ClickException(str(error)) from error
+
+
+def _sole(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
