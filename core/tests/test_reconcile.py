@@ -45,6 +45,9 @@ async def test_a_node_stopped_behind_the_agents_back_is_started(
     assert await settle(reconciler) == 1
     assert reports.statuses(new_id)[-3:] == ["Stopped", "Starting", "Running"]
     assert "found Stopped outside nodevisor" in reports[-3].failure
+    # brought back: what was found no longer describes the node
+    assert reports[-1].failure is None
+    assert (await manager.require(new_id)).failure is None
     assert (await memory.inspect(new_id)).state is NodeState.RUNNING
     assert await settle(reconciler) == 0  # in step now: nothing to do
 

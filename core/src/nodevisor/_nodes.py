@@ -564,6 +564,9 @@ class NodeManager:
             recorded = f"recorded {observed.name}"
         if node.status is node.expected or node.status is S.Deleted:
             return recorded
+        # What was found out of step has been reported; once the node is
+        # brought back, it no longer describes the node.
+        node = node.replace(failure=None)
         if node.expected is S.Running:
             await self._start(node, runtime)
             return "started, as expected"
@@ -601,7 +604,7 @@ class NodeManager:
             return None  # reported before; the next start makes it again
         node = await self._record_missing(node, runtime)
         if node.expected is S.Running:
-            await self._start(node, runtime)
+            await self._start(node.replace(failure=None), runtime)
             return "made the missing node again and started it"
         return "reported the node missing"
 
