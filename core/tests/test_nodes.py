@@ -136,7 +136,7 @@ async def test_an_unavailable_image_rolls_the_create_back(
     memory.missing_images.add("testchain:1")
     with pytest.raises(RuntimeFailure, match="'testchain:1'"):
         await manager.create(new_id, create())
-    assert reports.statuses(new_id) == ["Installing", "UndefinedContainerStatus"]
+    assert reports.statuses(new_id) == ["Installing", "Deleted"]
     assert "create failed" in reports[-1].failure
     with pytest.raises(NodeNotFound):
         await manager.require(new_id)

@@ -278,9 +278,9 @@ class NodeManager:
                 "node %s: cleanup after a failed create failed: %r", node.id, inner
             )
         self._known.pop(node.id, None)
-        gone = node.replace(
-            status=S.UndefinedContainerStatus, failure=f"create failed: {exc}"
-        )
+        # Reported Deleted: the node is no longer on the host, and the
+        # control plane must not keep it as a node that might still come.
+        gone = node.replace(status=S.Deleted, failure=f"create failed: {exc}")
         with self._db.together():
             forgotten = self._db.write_nowait(self._store.forget_node, node.id)
             self._report(gone)
