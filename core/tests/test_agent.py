@@ -1,6 +1,7 @@
 """The agent against a real control plane over gRPC, on the memory runtime."""
 
 import contextlib
+import json
 import os
 import re
 import stat
@@ -206,6 +207,48 @@ async def test_provisioning_a_provisioned_host_needs_force(control_plane, config
         force=True,
     )
     assert second.host_id != first.host_id
+
+
+async def test_a_forced_provision_starts_the_new_identity_with_an_empty_store(
+    control_plane, config
+):
+    """The old identity's nodes are not the new host's: they are neither
+    managed nor reported under it, they stay untouched in their runtime, and
+    the old store is kept aside under the old host id."""
+    first = await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    node_id = str(uuid.uuid4())
+    async with running_agent(config):
+        seen = await updates(control_plane, first.host_id, create(node_id))
+        assert seen[-1] == ("result", 0)
+        # a second provision while the agent runs is refused, and changes nothing
+        with pytest.raises(AgentLocked, match="stop it first"):
+            await provision(
+                config,
+                await control_plane.admin.create_otp(),
+                control_plane.address,
+                force=True,
+            )
+    assert Credentials.load(config.data_dir) == first
+
+    second = await provision(
+        config,
+        await control_plane.admin.create_otp(),
+        control_plane.address,
+        force=True,
+    )
+    kept = config.data_dir / f"state.{first.host_id}.db"
+    assert [n.id for n in Store.open_readonly(kept).nodes()] == [node_id]
+    async with running_agent(config):
+        await anyio.sleep(0.5)  # the greeting went out
+    assert Store.open_readonly(config.data_dir / "state.db").nodes() == []
+    runtime_files = list((config.data_dir / "runtimes").rglob("node-*.json"))
+    assert [json.loads(f.read_text())["host_id"] for f in runtime_files] == [
+        first.host_id
+    ]
+    listed = await control_plane.admin.list_nodes(second.host_id)
+    assert node_id not in {n.info.id.value for n in listed}
 
 
 async def test_a_second_agent_on_one_data_dir_is_refused(control_plane, config):

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,8 +17,9 @@ from ._catalogue import Catalogue
 from ._config import AgentConfig
 from ._credentials import Credentials
 from ._dispatch import Dispatcher
-from ._errors import AgentLocked, ExitCode
+from ._errors import ExitCode
 from ._hostinfo import host_info
+from ._lock import exclusive
 from ._messages import command_result, host_update, node_update
 from ._nodes import NodeManager
 from ._outbox import Outbox
@@ -31,7 +28,7 @@ from ._protocol import ProtocolWatch
 from ._reconcile import Reconciler
 from ._runtime import Runtime, RuntimeContext
 from ._states import NodeStatus
-from ._store import NodeRecord, Store, StoreRunner
+from ._store import STORE_FILE, NodeRecord, Store, StoreRunner
 from ._stream import CommandStream
 
 __all__ = ["Agent", "load_runtimes"]
@@ -102,10 +99,10 @@ class Agent:
     async def run(self, stop: anyio.Event | None = None) -> None:
         """Serve until ``stop`` is set (then drain) or the task is cancelled."""
         async with AsyncExitStack() as stack:
-            stack.enter_context(_exclusive(self.config.data_dir))
+            stack.enter_context(exclusive(self.config.data_dir))
             self._observers = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._observers.cancel_scope.cancel)
-            store = Store(self.config.data_dir / "state.db")
+            store = Store(self.config.data_dir / STORE_FILE)
             stack.callback(store.close)
             db = await stack.enter_async_context(StoreRunner(store))
             self.outbox = Outbox(db)
@@ -271,27 +268,6 @@ class Agent:
     def _spawn(self, observer: Callable[[], Awaitable[Any]]) -> None:
         assert self._observers is not None
         self._observers.start_soon(observer)
-
-
-@contextlib.contextmanager
-def _exclusive(data_dir: Path) -> Iterator[None]:
-    """Hold ``<data_dir>/agent.lock`` so that one agent at a time uses the state."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / "agent.lock"
-    with path.open("a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "unknown"
-            raise AgentLocked(
-                f"another agent (pid {holder}) is running on {str(data_dir)!r}; "
-                "stop it first"
-            ) from None
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield
 
 
 def _loaded_plugins() -> PluginManager:

@@ -18,7 +18,7 @@ from ._errors import NodevisorError
 from ._output import console
 from ._plugins import PluginManager
 from ._provision import provision
-from ._store import Store
+from ._store import STORE_FILE, Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -120,7 +120,7 @@ def nodes_command(config_path: Path | None) -> None:
     """List the nodes this agent keeps, as its store records them."""
     config = _config(config_path)
     try:
-        store = Store.open_readonly(config.data_dir / "state.db")
+        store = Store.open_readonly(config.data_dir / STORE_FILE)
     except NodevisorError as exc:
         raise click.ClickException(str(exc)) from exc
     table = Table("id", "name", "image", "runtime", "status", "expected", "failure")

@@ -26,7 +26,17 @@ import anyio
 from ._errors import ConfigError, Conflict
 from ._states import NodeStatus
 
-__all__ = ["CommandRecord", "NodeRecord", "Store", "StoreRunner", "WriteAbandoned"]
+__all__ = [
+    "STORE_FILE",
+    "CommandRecord",
+    "NodeRecord",
+    "Store",
+    "StoreRunner",
+    "WriteAbandoned",
+]
+
+#: The store's file in the agent's data directory.
+STORE_FILE = "state.db"
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
