@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Mapping
-from typing import Any
-
-from docker.models.containers import Container
+from typing import TYPE_CHECKING, Any
 
 from nodevisor import NodeState, RuntimeNode
 
 from . import _labels
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
 
 __all__ = ["describe", "exit_detail", "is_running", "was_killed"]
 

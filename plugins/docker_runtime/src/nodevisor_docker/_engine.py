@@ -16,12 +16,10 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-import docker
-import docker.errors
-import requests
 
 from nodevisor import RuntimeFailure, RuntimeUnavailable
 
+from ._sdk import docker, requests
 from ._settings import DockerSettings
 
 __all__ = ["Engine"]

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
-import docker
-from docker.types import CancellableStream
 
 from nodevisor import ExecResult, NodeSpec, RuntimeFailure
 
 from . import _describe, _ops
 from ._engine import Engine
+from ._sdk import docker
+
+if TYPE_CHECKING:
+    from docker.types import CancellableStream
 
 __all__ = ["run_exec"]
 

@@ -10,15 +10,16 @@ import contextlib
 import math
 import time
 from pathlib import Path
-
-import docker
-import docker.errors
-from docker.models.containers import Container
-from docker.models.volumes import Volume
+from typing import TYPE_CHECKING
 
 from nodevisor import ImageUnavailable, NodeSpec, RuntimeFailure, StopOutcome
 
 from . import _babel, _describe, _labels
+from ._sdk import docker
+
+if TYPE_CHECKING:
+    from docker.models.containers import Container
+    from docker.models.volumes import Volume
 
 __all__ = [
     "create",
