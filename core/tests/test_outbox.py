@@ -148,3 +148,30 @@ async def test_writes_queued_together_commit_together(tmp_path):
         assert [name for _, name in await take(outbox, 1)] == ["c-1"]
     assert db.store.outbox()[0][1] == b"first"
     db.store.close()
+
+
+async def test_a_confirmation_adds_no_commit_of_its_own(tmp_path, monkeypatch):
+    """Which updates the control plane confirmed is bookkeeping: it commits
+    with the next batch, or on its own within a second when nothing else
+    comes, and at the latest when the runner is left."""
+    monkeypatch.setattr(StoreRunner, "UNHURRIED", 0.3)
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        for n in range(3):
+            outbox.put(result(n))
+        sent = await take(outbox, 3)
+        outbox.confirm(sent[0][0])
+        assert len(outbox) == 2  # in memory at once
+        await anyio.sleep(0.05)
+        assert len(db.store.outbox()) == 3  # not committed on its own yet
+        outbox.put(result(3))  # a batch that the confirmation joins
+        await take(outbox, 1)
+        assert len(db.store.outbox()) == 3  # 3 left of 4
+        outbox.confirm(sent[1][0])
+        await anyio.sleep(0.1)
+        assert len(db.store.outbox()) == 3
+        await anyio.sleep(0.5)  # past UNHURRIED: committed on its own
+        assert len(db.store.outbox()) == 2
+        outbox.confirm(sent[2][0])
+    assert [seq for seq, _ in db.store.outbox()] == [sent[2][0] + 1]
+    db.store.close()

@@ -136,7 +136,9 @@ class Outbox:
             self._cursor = max(0, self._cursor - 1)
         if not self._entries:
             self._empty.set()
-        self._db.write_nowait(self._db.store.outbox_confirm, up_to)
+        # Unhurried: after a crash, confirmed updates still in the table are
+        # only sent again, and the control plane takes repeats.
+        self._db.write_unhurried(self._db.store.outbox_confirm, up_to)
 
     def waiting_since(self) -> float | None:
         """When the oldest update sent but not confirmed went out, if any."""

@@ -306,13 +306,18 @@ class StoreRunner:
     inside ``with runner.together():``, which succeed or fail as one.
     """
 
+    #: Seconds an unhurried write waits for a batch to join.
+    UNHURRIED = 0.5
+
     def __init__(self, store: Store) -> None:
         self.store = store
         self._limiter = anyio.CapacityLimiter(1)
         self._queue: list[
             tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
         ] = []
+        #: Set when a write is queued; ``_hurry`` when one is not unhurried.
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._closing = False
         self._last_write: asyncio.Future[Any] | None = None
@@ -342,6 +347,23 @@ class StoreRunner:
             self._group.append((fn, args, future))
         else:
             self._enqueue(fn, args, future)
+        return future
+
+    def write_unhurried(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue a write that need not commit at once.
+
+        It joins the next batch that other writes start, or commits on its
+        own after ``UNHURRIED`` seconds; reads do not wait for it. For
+        bookkeeping whose loss in a crash costs only repeated work (which
+        updates the control plane has confirmed, say), so that it adds no
+        commit of its own to a command's path.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((fn, args, future))
+        if self._flusher is None:
+            asyncio.get_running_loop().create_task(self._flush_once())
+        else:
+            self._wake.set()
         return future
 
     @contextmanager
@@ -376,6 +398,7 @@ class StoreRunner:
         if self._flusher is None:
             asyncio.get_running_loop().create_task(self._flush_once())
         else:
+            self._hurry.set()
             self._wake.set()
 
     async def __aenter__(self) -> StoreRunner:
@@ -386,6 +409,7 @@ class StoreRunner:
         assert self._flusher is not None
         flusher, self._flusher = self._flusher, None
         self._closing = True
+        self._hurry.set()
         self._wake.set()
         with anyio.CancelScope(shield=True):
             # The flusher finishes the batch it holds and what is queued
@@ -395,7 +419,11 @@ class StoreRunner:
     async def _flush_forever(self) -> None:
         while True:
             await self._wake.wait()
+            if not (self._hurry.is_set() or self._closing):  # unhurried only: wait
+                with anyio.move_on_after(self.UNHURRIED):
+                    await self._hurry.wait()
             self._wake.clear()
+            self._hurry.clear()
             await self._flush_once()
             if self._closing and not self._queue:
                 return
