@@ -175,3 +175,31 @@ async def test_a_confirmation_adds_no_commit_of_its_own(tmp_path, monkeypatch):
         outbox.confirm(sent[2][0])
     assert [seq for seq, _ in db.store.outbox()] == [sent[2][0] + 1]
     db.store.close()
+
+
+async def test_a_confirmation_that_overtakes_its_write_is_taken_in_stride(tmp_path):
+    """The control plane can store and confirm an update before the write
+    that sent it has returned to the agent: the update leaves the outbox
+    then, and the next one is still sent, not skipped."""
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        for n in range(2):
+            outbox.put(result(n))
+        first = parse(await outbox.next())
+        outbox.confirm(first[0])  # while the write is still returning
+        outbox.sent()
+        with anyio.fail_after(2):  # not skipped: it is there to send
+            assert parse(await outbox.next())[1] == "c-1"
+        outbox.sent()
+        assert outbox.waiting_since() is not None  # c-1 awaits confirmation
+
+        outbox.confirm(first[0] + 1)
+        outbox.put(result(2))
+        third = parse(await outbox.next())
+        outbox.confirm(third[0])  # the last one overtaken: nothing left
+        outbox.sent()
+        assert len(outbox) == 0
+        outbox.put(result(3))
+        assert parse(await outbox.next())[1] == "c-3"
+        outbox.sent()
+    db.store.close()

@@ -10,6 +10,7 @@ sends every unconfirmed update again, oldest first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -47,6 +48,8 @@ class Outbox:
         self._db = db
         self._entries: deque[_Entry] = deque()
         self._cursor = 0
+        #: The update ``next`` returned, until ``sent`` is told it went out.
+        self._sending: _Entry | None = None
         self._ready = anyio.Event()
         self._empty = anyio.Event()
         self._empty.set()
@@ -90,6 +93,7 @@ class Outbox:
     def rewind(self) -> int:
         """Start over for a new stream; how many updates it must send again."""
         self._cursor = 0
+        self._sending = None
         return len(self._entries)
 
     async def next(self) -> bytes:
@@ -110,21 +114,30 @@ class Outbox:
             except Exception as exc:  # not durable: send it once, unnumbered
                 log.error("an update could not be stored (%r); sending it anyway", exc)
                 seq = 0
+            self._sending = entry
             return entry.payload + _numbered(seq)
 
     def _drop(self, entry: _Entry) -> None:
-        self._entries.remove(entry)
+        with contextlib.suppress(ValueError):  # confirmed meanwhile
+            self._entries.remove(entry)
         if not self._entries:
             self._empty.set()
 
     def sent(self) -> None:
-        """The update ``next`` returned went out on the stream."""
-        entry = self._entries[self._cursor]
+        """The update ``next`` returned went out on the stream.
+
+        The control plane may have confirmed it already, while the write
+        was still returning: then it has left the outbox, and the cursor
+        stands on the next update, which is yet to be sent.
+        """
+        entry, self._sending = self._sending, None
+        if entry is None:
+            return
         entry.sent_at = time.monotonic()
         if entry.seq is None:
             self._drop(entry)  # unnumbered: nothing will confirm it
-            return
-        self._cursor += 1
+        elif self._cursor < len(self._entries) and self._entries[self._cursor] is entry:
+            self._cursor += 1
 
     def confirm(self, up_to: int) -> None:
         """The control plane stored every update up to ``up_to``."""
