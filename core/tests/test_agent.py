@@ -16,6 +16,7 @@ from nodevisor import AgentLocked, CredentialsError
 from nodevisor._agent import Agent
 from nodevisor._config import AgentConfig
 from nodevisor._credentials import Credentials
+from nodevisor._outbox import Outbox
 from nodevisor._provision import provision
 from nodevisor._store import Store
 from nodevisor.controlplane.testing import running_control_plane
@@ -145,6 +146,35 @@ async def test_a_reconnected_agent_reports_every_node(control_plane, config):
                 await anyio.sleep(0.05)
     assert sorted(n.info.id.value for n in nodes) == sorted(node_ids)
     assert {n.info.container_status for n in nodes} == {Status.Stopped}
+
+
+async def test_a_writer_that_fails_gets_the_stream_replaced(
+    control_plane, config, monkeypatch, caplog
+):
+    """A bug that ends the stream's writer must not leave the stream open and
+    silent, with updates piling up unsent: the stream is replaced, and what
+    was not confirmed goes out on the new one."""
+    credentials = await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    sent = Outbox.sent
+    failures = []
+
+    def fails_once(self):
+        if not failures:
+            failures.append(True)
+            raise IndexError("a writer bug")
+        sent(self)
+
+    async with running_agent(config) as agent:
+        monkeypatch.setattr(Outbox, "sent", fails_once)
+        seen = await updates(
+            control_plane, credentials.host_id, create(str(uuid.uuid4())), 20
+        )
+        assert seen[-1] == ("result", 0)
+        assert failures
+        assert agent.stream.connected.is_set()
+    assert "a writer bug" in caplog.text
 
 
 async def test_bad_input_leaves_the_stream_up(control_plane, config):

@@ -32,8 +32,11 @@ _PATH = f"/{_METHOD.containing_service.full_name}/{_METHOD.name}"
 #: Transport keepalive: a ping after 330 s without traffic, which a gRPC
 #: server with default settings accepts (it refuses pings more often than every
 #: 5 minutes on an idle stream), and 10 s for the answer. No deadline: the
-#: stream lives on. Messages up to the size limit the control plane uses.
+#: stream lives on. Messages up to the size limit the control plane uses. A
+#: subchannel pool of each channel's own: grpc would otherwise hand a new
+#: channel the connection of the old one, the very one that went silent.
 CHANNEL_OPTIONS = (
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.keepalive_time_ms", 330_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 0),
@@ -101,8 +104,12 @@ class CommandStream:
         self._heartbeat_timeout = heartbeat_timeout
         self._backoff = backoff or Backoff()
         self._options = options
+        #: Whether the control plane confirms updates. Learnt from the first
+        #: confirmation and kept across reconnects: a new stream through a
+        #: black hole confirms nothing, and must still be found silent.
         self._confirming = False
-        self._silent = False
+        #: Why a helper of the open stream cancelled its call, if one did.
+        self._broken: Exception | None = None
         self.connected = anyio.Event()
 
     async def run(self) -> None:
@@ -146,18 +153,25 @@ class CommandStream:
                 response_deserializer=Command.FromString,
             )
             call = commands(metadata=self.credentials.metadata)
+            self._broken = None
             helpers = [
-                asyncio.create_task(self._write(call), name="stream writer"),
-                asyncio.create_task(self._watch(call), name="stream watchdog"),
+                asyncio.create_task(
+                    self._guard(self._write(call), call), name="stream writer"
+                ),
+                asyncio.create_task(
+                    self._guard(self._watch(call), call), name="stream watchdog"
+                ),
             ]
             try:
                 await self._read(call)
             except asyncio.CancelledError:
-                # The watchdog cancels the call of a silent peer, which grpc
-                # reports as a cancellation; that one means reconnect.
+                # A helper cancels the call when the stream cannot go on (a
+                # silent peer, a failure of its own), which grpc reports as
+                # a cancellation; that one means reconnect.
                 task = asyncio.current_task()
-                if self._silent and task is not None and not task.cancelling():
-                    raise SilentPeer(target) from None
+                broken = self._broken
+                if broken is not None and task is not None and not task.cancelling():
+                    raise broken from None
                 raise
             finally:
                 for task in helpers:
@@ -165,6 +179,20 @@ class CommandStream:
                 for task in helpers:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+
+    async def _guard(
+        self, work: Awaitable[None], call: grpc.aio.StreamStreamCall
+    ) -> None:
+        """Run a helper of the stream; if it fails, end the stream with it.
+
+        A writer that died quietly would leave the stream open and silent,
+        with updates piling up unsent: the stream is replaced instead.
+        """
+        try:
+            await work
+        except Exception as exc:
+            self._broken = exc
+            call.cancel()
 
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         await call.wait_for_connection()
@@ -186,7 +214,6 @@ class CommandStream:
         Only a control plane that confirms updates can be watched this way;
         with one that does not, the transport keepalive is the only check.
         """
-        self._confirming = self._silent = False
         last_beat = time.monotonic()
         while True:
             await anyio.sleep(min(1.0, self._heartbeat_interval / 4))
@@ -198,9 +225,7 @@ class CommandStream:
                     "looks dead, reconnecting",
                     now - since,
                 )
-                self._silent = True
-                call.cancel()
-                return
+                raise SilentPeer(self.credentials.api_url)
             if self._heartbeat and now - last_beat >= self._heartbeat_interval:
                 last_beat = now
                 await self._heartbeat()
