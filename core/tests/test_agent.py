@@ -281,6 +281,29 @@ async def test_a_forced_provision_starts_the_new_identity_with_an_empty_store(
     assert node_id not in {n.info.id.value for n in listed}
 
 
+async def test_provisioning_again_dials_where_the_host_was_provisioned(
+    control_plane, config, tmp_path
+):
+    """Without --api and without api_url in the config, a forced provision
+    goes to the control plane the host was provisioned with, not to the
+    default address."""
+    path = tmp_path / "agent.toml"
+    path.write_text(f'data_dir = "{config.data_dir}"\nruntime = "memory"\n')
+
+    async def provision_cli(*extra: str):
+        otp = await control_plane.admin.create_otp()
+        argv = ["agent", "provision", "--config", str(path), "--otp", otp, *extra]
+        return await anyio.run_process(
+            [sys.executable, "-m", "nodevisor", *argv], check=False
+        )
+
+    first = await provision_cli("--api", control_plane.address)
+    assert first.returncode == 0, first.stderr.decode()
+    again = await provision_cli("--force")
+    assert again.returncode == 0, again.stderr.decode()
+    assert Credentials.load(config.data_dir).api_url == control_plane.address
+
+
 async def test_a_second_agent_on_one_data_dir_is_refused(control_plane, config):
     await provision(
         config, await control_plane.admin.create_otp(), control_plane.address

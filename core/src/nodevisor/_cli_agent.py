@@ -14,7 +14,8 @@ from rich.table import Table
 
 from ._agent import Agent
 from ._config import AgentConfig, load_config
-from ._errors import NodevisorError
+from ._credentials import Credentials
+from ._errors import CredentialsError, NodevisorError
 from ._output import console
 from ._plugins import PluginManager
 from ._provision import provision
@@ -40,7 +41,10 @@ def agent() -> None:
 @config_option
 @click.option("--otp", required=True, help="One-time password from the operator.")
 @click.option(
-    "--api", "api_url", help="Control plane address host:port [default: api_url]."
+    "--api",
+    "api_url",
+    help="Control plane address host:port [default: api_url from the config; "
+    "when provisioning again, the address saved at the last provisioning].",
 )
 @click.option(
     "--force",
@@ -52,9 +56,19 @@ def provision_command(
 ) -> None:
     """Register this host with the control plane."""
     config = _config(config_path)
-    url = api_url or config.api_url
+    url = api_url or _saved_api_url(config) or config.api_url
     credentials = _run(lambda: provision(config, otp, url, force=force))
     click.echo(f"provisioned: host id {credentials.host_id}")
+
+
+def _saved_api_url(config: AgentConfig) -> str | None:
+    """Where a provisioned host was provisioned, unless the config names one."""
+    if config.api_url_set:
+        return None
+    try:
+        return Credentials.load(config.data_dir).api_url
+    except CredentialsError:
+        return None
 
 
 @agent.command("run")
