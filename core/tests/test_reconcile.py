@@ -6,7 +6,7 @@ import uuid
 import anyio
 import pytest
 
-from blockjoy.api.v1 import host_pb2
+from blockjoy.api.v1 import common_pb2, host_pb2, node_pb2
 from nodevisor import NodeState
 from nodevisor._dispatch import Dispatcher
 from nodevisor._reconcile import Reconciler
@@ -136,6 +136,12 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
     back = await manager.require(other)
     assert (back.version, back.status, back.journal) == ("1", S.Running, None)
     assert "interrupted and rolled back" in back.failure
+    # an upgrade to the version the node runs succeeds, and ends the story
+    assert "runs testchain/1 already" in await manager.upgrade(
+        other,
+        node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/1")),
+    )
+    assert (await manager.require(other)).failure is None
 
 
 async def test_a_no_op_command_still_says_what_the_node_should_be(

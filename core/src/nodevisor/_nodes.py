@@ -369,6 +369,9 @@ class NodeManager:
                 f"to {release.protocol!r}; an upgrade keeps the protocol"
             )
         if release.version == node.version:
+            if node.failure and node.failure.startswith(_UPGRADE_ROLLED_BACK):
+                # The upgrade this failure is about is done now, or moot.
+                await self._save(node.replace(failure=None), "upgrade failure cleared")
             return f"node {node_id} runs {release.url} already"
         if not runtime.capabilities.upgrade:
             raise NotSupported(f"runtime {runtime.name!r} cannot upgrade nodes")
@@ -632,7 +635,7 @@ class NodeManager:
             await runtime.start(self.spec(node))
             await self._save(node.replace(status=S.Running), "Upgraded -> Running")
             return f"finished an interrupted upgrade to {target}"
-        why = f"an upgrade to {target} was interrupted and rolled back"
+        why = f"{_UPGRADE_ROLLED_BACK}{target} was interrupted and rolled back"
         if actual is not None and actual.url != node.url:
             await runtime.upgrade(
                 self.spec(node, self._release_of(actual)), self.spec(node)
@@ -660,6 +663,10 @@ class NodeManager:
 async def _make(runtime: Runtime, spec: NodeSpec) -> None:
     await runtime.prepare(spec)
     await runtime.create(spec)
+
+
+#: How the failure an interrupted upgrade leaves on its node begins.
+_UPGRADE_ROLLED_BACK = "an upgrade to "
 
 
 def _missing(runtime: Runtime) -> str:
