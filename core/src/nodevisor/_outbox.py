@@ -10,7 +10,6 @@ sends every unconfirmed update again, oldest first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -118,8 +117,8 @@ class Outbox:
             return entry.payload + _numbered(seq)
 
     def _drop(self, entry: _Entry) -> None:
-        with contextlib.suppress(ValueError):  # confirmed meanwhile
-            self._entries.remove(entry)
+        # Only unnumbered entries are dropped, and no confirmation takes those.
+        self._entries.remove(entry)
         if not self._entries:
             self._empty.set()
 

@@ -359,11 +359,7 @@ class StoreRunner:
         commit of its own to a command's path.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, args, future))
-        if self._flusher is None:
-            asyncio.get_running_loop().create_task(self._flush_once())
-        else:
-            self._wake.set()
+        self._enqueue(fn, args, future, hurry=False)
         return future
 
     @contextmanager
@@ -392,14 +388,20 @@ class StoreRunner:
             )
 
     def _enqueue(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], future: asyncio.Future[Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        future: asyncio.Future[Any],
+        *,
+        hurry: bool = True,
     ) -> None:
         self._queue.append((fn, args, future))
         if self._flusher is None:
             asyncio.get_running_loop().create_task(self._flush_once())
-        else:
+            return
+        if hurry:
             self._hurry.set()
-            self._wake.set()
+        self._wake.set()
 
     async def __aenter__(self) -> StoreRunner:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
