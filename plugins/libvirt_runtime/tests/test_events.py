@@ -55,7 +55,10 @@ async def test_virsh_destroy_is_reported_by_an_event(
         await runtime.create(spec)
         await runtime.start(spec)
         events = runtime.events()
-        before = runtime.last_event(spec.id)
+        # Events arrive on libvirt's own loop: the start's may trail start().
+        before = await _last_event_of_kind(
+            runtime, spec.id, (EventKind.STARTED, EventKind.RESUMED)
+        )
         await _destroy_with_virsh(spec.id)
         event = await _next_stop(events, spec.id)
         await events.aclose()
@@ -71,6 +74,16 @@ async def test_virsh_destroy_is_reported_by_an_event(
     assert runtime.last_event(spec.id) is not None
     assert found is not None
     assert (found.state, found.detail) == (NodeState.STOPPED, "destroyed")
+
+
+async def _last_event_of_kind(runtime, node_id: str, kinds, seconds: float = 10.0):
+    """The node's last event, once it is of one of ``kinds``."""
+    with anyio.fail_after(seconds):
+        while True:
+            event = runtime.last_event(node_id)
+            if event is not None and event.kind in kinds:
+                return event
+            await anyio.sleep(0.02)
 
 
 async def _destroy_with_virsh(node_id: str) -> None:
