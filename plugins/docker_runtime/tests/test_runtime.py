@@ -275,6 +275,49 @@ async def test_a_container_removed_out_of_band_is_absent(
         docker_client.volumes.get(f"nodevisor-data-{spec.id}")
 
 
+# Where the engine keeps the bundle of each container's task: under the
+# containerd that dockerd runs itself, or under a system-wide containerd.
+TASK_ROOTS = (
+    Path("/var/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby"),
+    Path("/run/containerd/io.containerd.runtime.v2.task/moby"),
+)
+
+
+async def test_a_container_the_engine_cannot_start_again_is_replaced(
+    runtime, make_spec, shell, docker_client
+) -> None:
+    """A dockerd stopped before it cleaned up leaves a container's task
+    bundle behind, and the engine then refuses to start that container. The
+    leftover bundle is made here by hand; start replaces the container and
+    the node's data is still there."""
+    roots = [root for root in TASK_ROOTS if root.is_dir()]
+    if not roots:
+        pytest.skip(f"the engine keeps its task bundles in none of {TASK_ROOTS}")
+    spec = make_spec()
+    await runtime.create(spec)
+    await runtime.start(spec)
+    await shell.run(spec.id, "sh", "-c", "echo kept > /data/marker")
+    await runtime.stop(spec)
+    old = docker_client.containers.get(f"nodevisor-{spec.id}")
+    left_behind = roots[0] / old.id
+    left_behind.mkdir()
+    try:
+        with pytest.raises(docker.errors.APIError, match="exists"):
+            await anyio.to_thread.run_sync(old.start)
+
+        await runtime.start(spec)
+    finally:
+        left_behind.rmdir()
+
+    new = docker_client.containers.get(f"nodevisor-{spec.id}")
+    assert new.id != old.id
+    assert (await runtime.inspect(spec.id)).state is NodeState.RUNNING
+    assert await shell.run(spec.id, "busybox", "cat", "/data/marker") == (0, "kept\n")
+    assert new.labels == old.labels
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(old.id)
+
+
 async def test_a_fresh_runtime_finds_the_nodes_of_the_last(
     runtime, open_runtime, host_id, make_spec
 ) -> None:

@@ -7,6 +7,7 @@ Each function takes the client first and runs whole in one worker thread
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ __all__ = [
     "stop",
     "upgrade",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 def ping(client: docker.DockerClient) -> None:
@@ -190,13 +193,39 @@ def _ensure_volume(client: docker.DockerClient, spec: NodeSpec) -> Volume:
     return volume
 
 
-def start(client: docker.DockerClient, node_id: str, host_id: str) -> bool:
-    """Start the node's container; return whether it was stopped before."""
-    container = require(client, node_id, host_id)
+def start(
+    client: docker.DockerClient, spec: NodeSpec, babel: Path | None = None
+) -> bool:
+    """Start the node's container; return whether it was stopped before.
+
+    An engine that stopped before it had cleaned up after a container (a
+    dockerd restart can leave that behind) refuses to start that container
+    again, for good. The container is then replaced by a new one from the
+    same spec, on the same volume, and that one is started.
+    """
+    container = require(client, spec.id, spec.host_id)
     if _describe.is_running(container):
         return False
-    container.start()
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        if not _left_behind(exc, container):
+            raise
+        _log.warning(
+            "node %s: the engine still holds state of container %s from before "
+            "it restarted (%s); replacing the container",
+            spec.id,
+            container.short_id,
+            exc.explanation,
+        )
+        _recreate(client, spec, container, babel).start()
     return True
+
+
+def _left_behind(exc: docker.errors.APIError, container: Container) -> bool:
+    """Whether ``exc`` says the engine has a task of this container already."""
+    text = str(exc.explanation or "")
+    return container.id in text and ("already exists" in text or "file exists" in text)
 
 
 def stop(client: docker.DockerClient, spec: NodeSpec) -> StopOutcome | None:
@@ -230,22 +259,33 @@ def upgrade(
     new: NodeSpec,
     babel: Path | None = None,
 ) -> None:
-    """Recreate the stopped node's container on ``new.image``, same volume.
-
-    The new container is made under a temporary name first, so a failure
-    leaves the old one as it was.
-    """
+    """Recreate the stopped node's container on ``new.image``, same volume."""
     current = find(client, old.id, old.host_id)
     if current is not None and _describe.is_running(current):
         raise RuntimeFailure(
             f"cannot upgrade node {old.id}: container {current.name} is running; "
             "stop the node first"
         )
-    _remove_pending(client, new.id, new.host_id)
-    pending = _create_container(client, new, _labels.pending_name(new.id), babel)
+    _recreate(client, new, current, babel)
+
+
+def _recreate(
+    client: docker.DockerClient,
+    spec: NodeSpec,
+    current: Container | None,
+    babel: Path | None,
+) -> Container:
+    """Replace the node's stopped container by a new one made from ``spec``.
+
+    The new container is made under a temporary name first, so a failure
+    leaves the old one as it was.
+    """
+    _remove_pending(client, spec.id, spec.host_id)
+    pending = _create_container(client, spec, _labels.pending_name(spec.id), babel)
     if current is not None:
         current.remove()
-    pending.rename(_labels.container_name(new.id))
+    pending.rename(_labels.container_name(spec.id))
+    return pending
 
 
 def _remove_pending(client: docker.DockerClient, node_id: str, host_id: str) -> None:

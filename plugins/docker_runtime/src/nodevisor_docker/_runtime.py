@@ -87,9 +87,8 @@ class DockerRuntime(BabelBridge, Runtime):
 
     async def start(self, spec: NodeSpec) -> None:
         folder = await self._prepare_babel(self._own(spec))
-        started = await self._engine.run(
-            _about("start", spec.id), _ops.start, spec.id, self._host
-        )
+        what = _about("start", spec.id)
+        started = await self._engine.run(what, _ops.start, spec, folder)
         if started:
             _log.info("node %s: started", spec.id)
         if folder is not None:
