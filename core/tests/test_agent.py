@@ -12,14 +12,17 @@ import anyio
 import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
-from nodevisor import AgentLocked, CredentialsError
+from nodevisor import AgentLocked, ConfigError, CredentialsError
 from nodevisor._agent import Agent
 from nodevisor._config import AgentConfig
 from nodevisor._credentials import Credentials
+from nodevisor._hookspecs import hookimpl
 from nodevisor._outbox import Outbox
+from nodevisor._plugins import PluginManager
 from nodevisor._provision import provision
 from nodevisor._store import Store
 from nodevisor.controlplane.testing import running_control_plane
+from nodevisor.testing import MemoryRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -313,6 +316,14 @@ async def test_a_second_agent_on_one_data_dir_is_refused(control_plane, config):
             await Agent(config).run()
 
 
+async def agent_run_cli(config_path):
+    """``nodevisor agent run --config config_path`` to its end."""
+    argv = ["agent", "run", "--config", str(config_path)]
+    return await anyio.run_process(
+        [sys.executable, "-m", "nodevisor", *argv], check=False
+    )
+
+
 async def test_the_command_line_says_so_in_one_line(control_plane, config, tmp_path):
     """The lock is taken inside the agent's task group; the error must still
     reach the operator as one line, not as a traceback of exception groups."""
@@ -325,10 +336,7 @@ async def test_the_command_line_says_so_in_one_line(control_plane, config, tmp_p
         f'catalogue = ["{config.catalogue[0]}"]\n'
     )
     async with running_agent(config):
-        second = await anyio.run_process(
-            [sys.executable, "-m", "nodevisor", "agent", "run", "--config", str(path)],
-            check=False,
-        )
+        second = await agent_run_cli(path)
     stderr = second.stderr.decode()
     assert second.returncode == 1
     assert re.search(r"^Error: another agent \(pid \d+\) is running", stderr, re.M)
@@ -347,3 +355,64 @@ async def test_api_url_from_config_wins_over_the_provisioned_one(control_plane, 
     )
     async with running_agent(moved) as agent:
         assert agent.credentials.api_url == control_plane.address
+
+
+async def test_a_runtime_no_plugin_provides_is_refused_at_start(
+    control_plane, config, tmp_path
+):
+    """A typo in ``runtime`` stops ``agent run`` with one line naming the
+    runtimes that are installed, instead of an agent that fails every
+    create."""
+    await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    with pytest.raises(
+        ConfigError, match=r"runtime = 'memroy' .* \(installed: .*memory"
+    ):
+        Agent(config.model_copy(update={"runtime": "memroy"}))
+
+    path = tmp_path / "agent.toml"
+    path.write_text(f'data_dir = "{config.data_dir}"\nruntime = "memroy"\n')
+    run = await agent_run_cli(path)
+    stderr = run.stderr.decode()
+    assert run.returncode == 1
+    assert re.search(r"^Error: runtime = 'memroy' in the config names no", stderr, re.M)
+    assert "Traceback" not in stderr
+
+
+async def test_a_runtime_that_rejects_its_settings_stops_the_start(
+    control_plane, config
+):
+    """The runtime's settings table is the operator's to fix: the agent
+    does not start without the runtime it was configured to use."""
+
+    class Strict(MemoryRuntime):
+        name = "strict"
+
+        def __init__(self, context):
+            raise ConfigError("[runtimes.strict] speed = 'fast' is not valid")
+
+    class Plugin:
+        @hookimpl
+        def nodevisor_runtimes(self):
+            return [Strict]
+
+    await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    plugins = PluginManager()
+    plugins.register(Plugin(), name="strict")
+    agent = Agent(config.model_copy(update={"runtime": "strict"}), plugins)
+    with pytest.raises(ConfigError, match=r"\[runtimes.strict\] speed = 'fast'"):
+        with anyio.fail_after(10):
+            await _sole_error(agent.run())
+
+
+async def _sole_error(running):
+    """Await ``running``; raise the one error a task group wrapped."""
+    try:
+        await running
+    except BaseExceptionGroup as group:
+        while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+            group = group.exceptions[0]
+        raise group from None

@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -98,3 +99,64 @@ def test_api_url_counts_as_set_only_when_given(tmp_path, monkeypatch):
     assert not load_config(file).api_url_set
     monkeypatch.setenv("NODEVISOR_API_URL", "127.0.0.1:9")
     assert load_config(file).api_url_set
+
+
+def test_each_bad_value_is_one_line_naming_key_value_and_problem(tmp_path):
+    file = tmp_path / "config.toml"
+    file.write_text("heartbeat_interval = -1\nreconcile_attempts = 'many'\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(file)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == f"config {str(file)!r} is not valid:"
+    assert lines[1] == "  heartbeat_interval = -1: Input should be greater than 0"
+    assert lines[2].startswith("  reconcile_attempts = 'many': ")
+    assert len(lines) == 3  # no pydantic banner, no links
+
+
+def test_an_unknown_key_lists_the_known_ones(tmp_path):
+    file = tmp_path / "config.toml"
+    file.write_text("api_ulr = '127.0.0.1:1'\n")
+    with pytest.raises(ConfigError, match=r"api_ulr: not a known key \(known keys: "):
+        load_config(file)
+
+
+def test_a_bad_environment_value_is_named_as_its_variable(tmp_path, monkeypatch):
+    file = tmp_path / "config.toml"
+    file.write_text("")
+    monkeypatch.setenv("NODEVISOR_HEARTBEAT_INTERVAL", "soon")
+    with pytest.raises(ConfigError, match=r"NODEVISOR_HEARTBEAT_INTERVAL = 'soon': "):
+        load_config(file)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1:50051",
+        "cp.example.com:443",
+        "[::1]:50051",
+        "dns:///cp.example.com:443",
+        "unix:/run/nodevisor-cp.sock",
+    ],
+)
+def test_api_url_takes_what_grpc_can_dial(tmp_path, address):
+    file = tmp_path / "config.toml"
+    file.write_text(f"api_url = {address!r}\n")
+    assert load_config(file).api_url == address
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("http://127.0.0.1:50051", "is a URL; write the control plane's address"),
+        ("not an address", "is not an address: expected host:port"),
+        ("cp.example.com", "is not an address: expected host:port"),
+        ("cp.example.com:70000", "has port 70000; a port is 1-65535"),
+    ],
+)
+def test_api_url_refuses_what_grpc_cannot_dial(tmp_path, address, problem):
+    file = tmp_path / "config.toml"
+    file.write_text(f"api_url = {address!r}\n")
+    with pytest.raises(ConfigError, match=f"api_url: {re.escape(repr(address))} "):
+        load_config(file)
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(file)

@@ -17,7 +17,7 @@ from ._catalogue import Catalogue
 from ._config import AgentConfig
 from ._credentials import Credentials
 from ._dispatch import Dispatcher
-from ._errors import ExitCode
+from ._errors import ConfigError, ExitCode
 from ._hostinfo import host_info
 from ._lock import exclusive
 from ._messages import command_result, host_update, node_update
@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 async def load_runtimes(
     config: AgentConfig, host_id: str, plugins: PluginManager, wanted: set[str]
 ) -> tuple[dict[str, Runtime], dict[str, str]]:
-    """Build each wanted runtime; return those that work and why others don't."""
+    """Build each wanted runtime; return those that work and why others don't.
+
+    A runtime that rejects its settings table raises ``ConfigError``: that is
+    the operator's to fix, not a runtime to run without.
+    """
     runtimes: dict[str, Runtime] = {}
     unavailable: dict[str, str] = {}
     for name in sorted(wanted):
@@ -51,6 +55,8 @@ async def load_runtimes(
                     settings=config.runtimes.get(name, {}),
                 )
             )
+        except ConfigError:  # the operator's table for it is wrong: say so now
+            raise
         except Exception as exc:  # one runtime failing leaves the others running
             unavailable[name] = _why_missing(plugins, name, exc)
             log.error("runtime %r cannot be used: %s", name, unavailable[name])
@@ -66,6 +72,21 @@ async def load_runtimes(
 def _why_missing(plugins: PluginManager, name: str, exc: Exception) -> str:
     failed = [str(p) for p in plugins.failures if p.name == name]
     return "; ".join(failed) or str(exc)
+
+
+def _check_runtime(name: str, plugins: PluginManager) -> None:
+    """Refuse a configured runtime that no plugin provides.
+
+    When a plugin failed to load, it may be the one that provides the
+    runtime: that failure is reported, and the agent serves what it can.
+    """
+    if name in plugins.runtimes or plugins.failures:
+        return
+    installed = ", ".join(sorted(plugins.runtimes)) or "none"
+    raise ConfigError(
+        f"runtime = {name!r} in the config names no installed runtime "
+        f"(installed: {installed}); `nodevisor agent plugins` lists them"
+    )
 
 
 class Agent:
@@ -86,6 +107,7 @@ class Agent:
                 self.credentials, api_url=config.api_url
             )
         self.plugins = plugins or _loaded_plugins()
+        _check_runtime(config.runtime, self.plugins)
         self.catalogue = Catalogue.load(config.catalogue_dirs)
         self.outbox: Outbox | None = None
         self.stream: CommandStream | None = None

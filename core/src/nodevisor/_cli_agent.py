@@ -13,7 +13,7 @@ import click
 from rich.table import Table
 
 from ._agent import Agent
-from ._config import AgentConfig, load_config
+from ._config import AgentConfig, check_api_url, load_config
 from ._credentials import Credentials
 from ._errors import CredentialsError, NodevisorError
 from ._output import console
@@ -56,6 +56,11 @@ def provision_command(
 ) -> None:
     """Register this host with the control plane."""
     config = _config(config_path)
+    if api_url is not None:
+        try:
+            check_api_url(api_url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--api'") from None
     url = api_url or _saved_api_url(config) or config.api_url
     credentials = _run(lambda: provision(config, otp, url, force=force))
     click.echo(f"provisioned: host id {credentials.host_id}")

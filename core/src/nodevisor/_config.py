@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from ._errors import ConfigError
 
-__all__ = ["BUILTIN_CATALOGUE", "DEFAULT_CONFIG_PATH", "AgentConfig", "load_config"]
+__all__ = [
+    "BUILTIN_CATALOGUE",
+    "DEFAULT_CONFIG_PATH",
+    "AgentConfig",
+    "check_api_url",
+    "load_config",
+]
 
 DEFAULT_CONFIG_PATH = Path("/etc/nodevisor/config.toml")
 BUILTIN_CATALOGUE = Path(__file__).parent / "catalogue"
@@ -69,6 +76,11 @@ class AgentConfig(BaseSettings):
     #: (height, sync) through runtimes that can ask (babel).
     protocol_interval: float = pydantic.Field(10.0, gt=0)
 
+    @pydantic.field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return check_api_url(value)
+
     @property
     def api_url_set(self) -> bool:
         """Whether ``api_url`` was given (file or environment), not defaulted."""
@@ -77,6 +89,37 @@ class AgentConfig(BaseSettings):
     @property
     def catalogue_dirs(self) -> list[Path]:
         return [BUILTIN_CATALOGUE, *self.catalogue]
+
+
+# gRPC's own target syntax (dns:, unix:, ...) passes as it is written.
+_GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+_HOST_PORT = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})"
+)
+
+
+def check_api_url(value: str) -> str:
+    """Return ``value`` if gRPC can dial it; raise ``ValueError`` saying why not.
+
+    A control plane address is ``host:port`` (``[::1]:port`` for IPv6), or a
+    gRPC target such as ``dns:///host:port`` or ``unix:/path``.
+    """
+    if value.startswith(_GRPC_SCHEMES):
+        return value
+    if "://" in value:
+        raise ValueError(
+            f"{value!r} is a URL; write the control plane's address as host:port"
+        )
+    match = _HOST_PORT.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not an address: expected host:port (for example "
+            "api.example.com:50051), [ipv6]:port, or a gRPC target such as "
+            "dns:///host:port or unix:/path"
+        )
+    if not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"{value!r} has port {match['port']}; a port is 1-65535")
+    return value
 
 
 def load_config(path: Path | None = None) -> AgentConfig:
@@ -98,7 +141,8 @@ def load_config(path: Path | None = None) -> AgentConfig:
         from_env = AgentConfig()
     except (pydantic.ValidationError, SettingsError) as exc:
         raise ConfigError(
-            f"a NODEVISOR_* environment variable is not valid:\n{exc}"
+            f"a NODEVISOR_* environment variable is not valid:\n"
+            f"{_explain(exc, prefix='NODEVISOR_')}"
         ) from exc
     overrides = {
         key: getattr(from_env, key)
@@ -109,7 +153,34 @@ def load_config(path: Path | None = None) -> AgentConfig:
     try:
         return AgentConfig.model_validate(data | overrides | {"runtimes": runtimes})
     except pydantic.ValidationError as exc:
-        raise ConfigError(f"config {str(file)!r} is not valid:\n{exc}") from exc
+        raise ConfigError(
+            f"config {str(file)!r} is not valid:\n{_explain(exc)}"
+        ) from exc
+
+
+def _explain(exc: pydantic.ValidationError | SettingsError, prefix: str = "") -> str:
+    """One line per problem: the key, what is wrong, and the value given.
+
+    With ``prefix``, keys are named as environment variables.
+    """
+    if not isinstance(exc, pydantic.ValidationError):
+        return f"  {exc}"
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "(the file)"
+        if prefix:
+            key = prefix + key.upper().replace(".", "__")
+        if error["type"] == "extra_forbidden":
+            known = ", ".join(sorted(AgentConfig.model_fields))
+            lines.append(f"  {key}: not a known key (known keys: {known})")
+            continue
+        message = error["msg"]
+        if error["type"] == "value_error":  # raised by a validator of ours
+            message = str(error["ctx"]["error"])
+            lines.append(f"  {key}: {message}")
+            continue
+        lines.append(f"  {key} = {error['input']!r}: {message}")
+    return "\n".join(lines)
 
 
 def _runtime_overrides() -> dict[str, Any]:
