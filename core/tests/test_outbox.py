@@ -1,5 +1,7 @@
 """The durable outbox: numbered, kept until confirmed, sent again in order."""
 
+import time
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -203,3 +205,29 @@ async def test_a_confirmation_that_overtakes_its_write_is_taken_in_stride(tmp_pa
         assert parse(await outbox.next())[1] == "c-3"
         outbox.sent()
     db.store.close()
+
+
+async def test_updates_a_stream_carried_long_enough_ago_count_as_delivered(tmp_path):
+    """For a control plane that never confirms: what the stream sent before
+    the given time leaves the outbox; what it sent later, or not yet, stays
+    to go out again on the next stream."""
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        for n in range(4):
+            outbox.put(result(n))
+        await take(outbox, 2)
+        cutoff = time.monotonic()
+        await anyio.sleep(0.01)
+        await take(outbox, 1)
+
+        outbox.carried(before=cutoff)
+
+        assert len(outbox) == 2
+        assert outbox.rewind() == 2
+        assert [name for _, name in await take(outbox, 2)] == ["c-2", "c-3"]
+        outbox.carried(before=time.monotonic())
+        assert len(outbox) == 0
+    db.store.close()
+    store = Store(tmp_path / "s.db")
+    assert store.outbox() == []
+    store.close()

@@ -4,12 +4,15 @@ Every update is serialised once, written to the store's outbox table, and
 sent only after that write is committed; its row number is its sequence
 number (``InfoUpdate.seq``). The control plane confirms what it stored with
 ``UpdatesReceived{up_to}``; confirmed updates leave the outbox. A new stream
-sends every unconfirmed update again, oldest first.
+sends every unconfirmed update again, oldest first. A control plane that
+never confirms gets at-least-once delivery of another kind: what a stream
+carried counts as delivered (``carried``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import deque
@@ -151,6 +154,23 @@ class Outbox:
         # Unhurried: after a crash, confirmed updates still in the table are
         # only sent again, and the control plane takes repeats.
         self._db.write_unhurried(self._db.store.outbox_confirm, up_to)
+
+    def carried(self, before: float) -> None:
+        """Count updates the current stream sent before ``before`` as delivered.
+
+        ``before`` is a ``time.monotonic()`` time. For a control plane that
+        never confirms (a plain v1 peer), an update the stream carried a
+        while ago, on a stream still open, is as delivered as it gets;
+        without this, its updates would pile up and go out again on every
+        stream.
+        """
+        up_to = None
+        for entry in itertools.islice(self._entries, self._cursor):
+            if entry.sent_at is None or entry.sent_at > before:
+                break
+            up_to = entry.seq
+        if up_to is not None:
+            self.confirm(up_to)
 
     def waiting_since(self) -> float | None:
         """When the oldest update sent but not confirmed went out, if any."""
