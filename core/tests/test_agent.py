@@ -20,7 +20,7 @@ from nodevisor._hookspecs import hookimpl
 from nodevisor._outbox import Outbox
 from nodevisor._plugins import PluginManager
 from nodevisor._provision import provision
-from nodevisor._store import Store
+from nodevisor._store import STORE_FILE, Store
 from nodevisor.controlplane.testing import running_control_plane
 from nodevisor.testing import MemoryRuntime
 
@@ -416,3 +416,36 @@ async def _sole_error(running):
         while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
             group = group.exceptions[0]
         raise group from None
+
+
+async def test_the_agent_forgets_commands_finished_long_ago(control_plane, config):
+    """At start-up the agent prunes the history the config asks it to keep;
+    a command whose result the control plane confirmed goes."""
+    credentials = await provision(
+        config, await control_plane.admin.create_otp(), control_plane.address
+    )
+    host_id = credentials.host_id
+    async with running_agent(config) as agent:
+        seen = await updates(control_plane, host_id, create(str(uuid.uuid4())))
+        assert seen[-1] == ("result", 0)
+        (record,) = await control_plane.admin.list_commands(host_id)
+        command_id = record.id
+        with anyio.fail_after(10):
+            await agent.outbox.wait_empty()  # the result is confirmed
+    assert remembers(config, command_id)
+
+    brief = config.model_copy(update={"command_history_days": 1e-9})
+    async with running_agent(brief):
+        with anyio.fail_after(10):
+            while True:
+                if not remembers(config, command_id):
+                    break
+                await anyio.sleep(0.05)
+
+
+def remembers(config, command_id) -> bool:
+    store = Store.open_readonly(config.data_dir / STORE_FILE)
+    try:
+        return store.command(command_id) is not None
+    finally:
+        store.close()

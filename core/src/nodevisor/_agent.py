@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -34,6 +35,9 @@ from ._stream import CommandStream
 __all__ = ["Agent", "load_runtimes"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two prunings of the command history.
+PRUNE_INTERVAL = 3600.0
 
 
 async def load_runtimes(
@@ -144,10 +148,14 @@ class Agent:
                 )
             )
             await self._close_interrupted(db)
-            await self._serve(nodes, dispatcher, stop or anyio.Event())
+            await self._serve(nodes, dispatcher, db, stop or anyio.Event())
 
     async def _serve(
-        self, nodes: NodeManager, dispatcher: Dispatcher, stop: anyio.Event
+        self,
+        nodes: NodeManager,
+        dispatcher: Dispatcher,
+        db: StoreRunner,
+        stop: anyio.Event,
     ) -> None:
         assert self.outbox is not None
         self.stream = CommandStream(
@@ -174,6 +182,7 @@ class Agent:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.stream.run)
             tasks.start_soon(self.reconciler.run)
+            tasks.start_soon(self._prune_history, db)
             if self.protocol is not None:
                 tasks.start_soon(self.protocol.run)
             for runtime in nodes.runtimes.values():
@@ -215,6 +224,19 @@ class Agent:
             snapshot_dir=self.config.data_dir / "snapshots",
             report=self._report,
         )
+
+    async def _prune_history(self, db: StoreRunner) -> None:
+        """Forget old finished commands, at start-up and then hourly."""
+        keep = self.config.command_history_days * 86_400
+        while True:
+            try:
+                pruned = await db.write(db.store.prune_commands, time.time() - keep)
+            except Exception as exc:  # tried again in an hour; nothing is lost
+                log.warning("could not prune the command history: %r", exc)
+            else:
+                if pruned:
+                    log.info("forgot %d commands finished long ago", pruned)
+            await anyio.sleep(PRUNE_INTERVAL)
 
     async def _close_interrupted(self, db: StoreRunner) -> None:
         why = "the agent stopped while this command ran; check the node's status"

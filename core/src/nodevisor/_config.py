@@ -72,6 +72,9 @@ class AgentConfig(BaseSettings):
     reconcile_interval: float = pydantic.Field(15.0, gt=0)
     #: Failed attempts to converge a node before it is reported failed.
     reconcile_attempts: int = pydantic.Field(5, ge=1)
+    #: Days the agent remembers a finished command (to answer it again if
+    #: the control plane resends it) once the control plane has its result.
+    command_history_days: float = pydantic.Field(30.0, gt=0)
     #: Seconds between two refreshes of running nodes' protocol status
     #: (height, sync) through runtimes that can ask (babel).
     protocol_interval: float = pydantic.Field(10.0, gt=0)

@@ -60,7 +60,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_name ON nodes(name)
     WHERE status != 9;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
@@ -136,6 +137,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        _upgrade(self._db)
         self._lock = threading.Lock()
 
     @classmethod
@@ -271,6 +273,22 @@ class Store:
             (time.time(), exit_code, response, command_id),
         )
 
+    def prune_commands(self, before: float) -> int:
+        """Forget commands finished before ``before``; how many.
+
+        A command stays while its result may still be unconfirmed (an update
+        written no later than the command finished is in the outbox): until
+        the control plane has the result it may send the command again, and
+        the command must then be answered from here, not run again.
+        """
+        (oldest,) = self._db.execute("SELECT MIN(created_at) FROM outbox").fetchone()
+        horizon = before if oldest is None else min(before, oldest)
+        cursor = self._db.execute(
+            "DELETE FROM commands WHERE finished_at IS NOT NULL AND finished_at < ?",
+            (horizon,),
+        )
+        return cursor.rowcount
+
     def unfinished_commands(self) -> list[CommandRecord]:
         rows = self._db.execute(
             "SELECT id, node_id, kind, received_at, finished_at, exit_code, response "
@@ -282,7 +300,10 @@ class Store:
 
     def outbox_add(self, payload: bytes) -> int:
         """Keep an update until the control plane confirms it; its number."""
-        cursor = self._db.execute("INSERT INTO outbox (payload) VALUES (?)", (payload,))
+        cursor = self._db.execute(
+            "INSERT INTO outbox (payload, created_at) VALUES (?, ?)",
+            (payload, time.time()),
+        )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -486,6 +507,15 @@ def _settle_group(group: list[_Write], done: asyncio.Future[Any]) -> None:
             future.set_exception(error.error)
         else:
             future.set_exception(error)
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier version up to the schema."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    if "created_at" not in columns:
+        # Rows from before count as written at time 0: they hold back the
+        # pruning of commands until they are confirmed.
+        db.execute("ALTER TABLE outbox ADD COLUMN created_at REAL NOT NULL DEFAULT 0")
 
 
 def _column(value: object) -> object:
