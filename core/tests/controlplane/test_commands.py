@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio
 import grpc
 import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
-from nodevisor.controlplane import CommandTimeout
+from nodevisor._outbox import MAX_MESSAGE_BYTES
+from nodevisor.controlplane import CommandTimeout, InvalidRequest
 from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
 
 pytestmark = pytest.mark.anyio
@@ -229,3 +231,86 @@ async def test_second_stream_replaces_the_first(
     await cp.wait_online(host_id)
     await second.aclose()
     await cp.wait_online(host_id, online=False)
+
+
+async def test_send_commands_answers_each_request_by_its_position(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    """Queued record then result for each command, whatever order the agent
+    answers in; a refusal, alone, for a request that cannot be queued; and
+    the call ends once every queued command has its result."""
+    host_id, token = await cp.provision()
+    agent = await open_agent(token)
+    first, second = start(str(uuid.uuid4())), start(str(uuid.uuid4()))
+    first.node.meta.api_command_id.value = str(uuid.uuid4())
+    huge = too_large_with_its_meta()
+    requests = [
+        (host_id, first),
+        (str(uuid.uuid4()), start(str(uuid.uuid4()))),  # no such host
+        (host_id, second),
+        (host_id, huge),
+        (host_id, first),  # its command id is in use
+    ]
+
+    async def send() -> AsyncIterator[tuple[str, command_flow_pb2.Command]]:
+        for request in requests:
+            yield request
+
+    answers: dict[int, list[str]] = {}
+    results: dict[int, tuple[int, str]] = {}
+    call = cp.admin.send_commands(send())
+    with anyio.fail_after(20):
+        async for answer in call:
+            kind = answer.WhichOneof("update")
+            answers.setdefault(answer.index, []).append(kind)
+            if kind == "refused":
+                results[answer.index] = (-1, answer.refused)
+            elif kind == "result":
+                results[answer.index] = (
+                    answer.result.exit_code,
+                    answer.result.response,
+                )
+            if len(answers.get(2, [])) == 1 and kind == "queued" and answer.index == 2:
+                # both queued: answer the second first, with acks and states
+                sent = [await agent.next_command() for _ in range(2)]
+                for command in sent:
+                    await agent.answer(command)
+                await agent.send(node=node_info(second.node.id.value, name="b"))
+                for command, code in zip(reversed(sent), (0, 7), strict=True):
+                    await agent.answer(command, exit_code=code, response=f"rc {code}")
+
+    assert answers == {
+        0: ["queued", "result"],
+        1: ["refused"],
+        2: ["queued", "result"],
+        3: ["refused"],
+        4: ["refused"],
+    }
+    assert results[0] == (7, "rc 7") and results[2] == (0, "rc 0")
+    assert "no host" in results[1][1] or "not found" in results[1][1].lower()
+    assert "a host accepts at most" in results[3][1]
+    assert first.node.meta.api_command_id.value in results[4][1]
+    assert len(await cp.admin.list_commands(host_id)) == 2
+
+
+def too_large_with_its_meta() -> command_flow_pb2.Command:
+    """A command just under the message limit, over it once its id and time
+    are filled in."""
+    # The request adds a host id (about 45 bytes); the meta about 60.
+    name_size = MAX_MESSAGE_BYTES
+    while True:
+        create = node_pb2.NodeCreate(name="x" * name_size)
+        command = node_command(str(uuid.uuid4()), create=create)
+        if command.ByteSize() <= MAX_MESSAGE_BYTES - 50:
+            return command
+        name_size -= 1
+
+
+async def test_send_command_refuses_a_command_too_large_once_filled_in(
+    cp: RunningControlPlane,
+) -> None:
+    host_id, _ = await cp.provision()
+    with pytest.raises(InvalidRequest, match="with its id and time; a host accepts"):
+        async for _ in cp.admin.send_command(host_id, too_large_with_its_meta(), 5):
+            pass
+    assert await cp.admin.list_commands(host_id) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import math
 import secrets
@@ -17,9 +19,15 @@ from blockjoy.api.v1 import command_flow_pb2
 
 from .._outbox import MAX_MESSAGE_BYTES
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
-from ._db import Database, queue_command, with_meta
-from ._errors import CommandTimeout, InvalidRequest, Unauthenticated, abort_on_error
-from ._hub import Event, Hub
+from ._db import Database, Queued, queue_command, with_meta
+from ._errors import (
+    CommandTimeout,
+    ControlPlaneError,
+    InvalidRequest,
+    Unauthenticated,
+    abort_on_error,
+)
+from ._hub import Event, Follower, Hub
 from ._tokens import ADMIN_TOKEN_FILE, bearer_token
 
 __all__ = ["DEFAULT_OTP_TTL", "AdminServicer"]
@@ -92,18 +100,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> AsyncIterator[admin_pb2.SendCommandResponse]:
         async with abort_on_error(context):
             self._authorize(context)
-            size = request.command.ByteSize()
-            if size > MAX_MESSAGE_BYTES:
-                raise InvalidRequest(
-                    f"the command is {size} bytes; a host accepts at most "
-                    f"{MAX_MESSAGE_BYTES}"
-                )
             timeout = math.inf
             if request.HasField("timeout"):
                 timeout = request.timeout.ToTimedelta().total_seconds()
             # Watch before queueing, so that no early answer is missed; the
             # command gets its id first, so that the watch can name it.
             command, command_id = with_meta(request.command, time.time())
+            _check_size(command)
             node_id = command.node.id.value if command.HasField("node") else ""
             with self._hub.watch(request.host_id, command_id, node_id) as events:
                 written = await self._db.write(
@@ -117,6 +120,137 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 yield _response(time.time(), queued=queued)
                 async for response in _follow(events, queued, timeout):
                     yield response
+
+    async def SendCommands(
+        self,
+        request_iterator: AsyncIterator[admin_pb2.SendCommandsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        async with abort_on_error(context):
+            self._authorize(context)
+        with self._hub.follow() as follower:
+            batch = _Batch(self._db, self._hub, follower)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(batch.take, request_iterator)
+                tasks.start_soon(batch.collect_results)
+                async with batch.receive:
+                    async for answer in batch.receive:
+                        await context.write(answer)
+                tasks.cancel_scope.cancel()
+
+
+class _Batch:
+    """One ``SendCommands`` call: its requests queued, their answers in order.
+
+    Queued commands commit together with whatever else is queued meanwhile,
+    and each answer goes into ``receive`` as soon as it is known; the stream
+    ends once the caller has closed its side and every queued command has
+    its result.
+    """
+
+    def __init__(self, db: Database, hub: Hub, follower: Follower) -> None:
+        self._db, self._hub, self._follower = db, hub, follower
+        self._send, self.receive = anyio.create_memory_object_stream[
+            admin_pb2.SendCommandsResponse
+        ](math.inf)
+        #: The index of each queued command without a result, by host and id.
+        self._waiting: dict[tuple[str, str], int] = {}
+        #: Requests taken whose final answer is yet to be given.
+        self._open = 0
+        self._taking = True
+
+    async def take(
+        self, requests: AsyncIterator[admin_pb2.SendCommandsRequest]
+    ) -> None:
+        index = 0
+        async for request in requests:
+            self._open += 1
+            self._queue(index, request)
+            index += 1
+        self._taking = False
+        self._end_if_done()
+
+    def _queue(self, index: int, request: admin_pb2.SendCommandsRequest) -> None:
+        host_id = request.host_id
+        command, command_id = with_meta(request.command, time.time())
+        try:
+            _check_size(command)
+        except InvalidRequest as exc:
+            self._refuse(index, str(exc))
+            return
+        if (host_id, command_id) in self._waiting:
+            self._refuse(index, f"command {command_id} is queued already")
+            return
+        # Followed before it is queued, so that no early result is missed.
+        self._follower.add(host_id, "command", command_id)
+        self._waiting[host_id, command_id] = index
+        written = self._db.write(queue_command, host_id, command, command_id)
+        written.add_done_callback(
+            functools.partial(self._queued, index, host_id, command_id)
+        )
+
+    def _queued(
+        self, index: int, host_id: str, command_id: str, written: asyncio.Future[Queued]
+    ) -> None:
+        error = None if written.cancelled() else written.exception()
+        if written.cancelled() or error is not None:
+            self._waiting.pop((host_id, command_id), None)
+            self._follower.remove(host_id, "command", command_id)
+            if isinstance(error, ControlPlaneError):
+                self._refuse(index, str(error))
+            else:
+                log.error("queueing command %s failed: %r", command_id, error)
+                self._refuse(index, f"the control plane could not queue it: {error!r}")
+            return
+        queued = written.result()
+        self._answer(index, queued=queued.record)
+        self._hub.wake(host_id, (queued.seq, queued.record.id, queued.command))
+
+    async def collect_results(self) -> None:
+        async for event in self._follower.events:
+            info = event.update.command
+            if not (event.command_id and info.HasField("exit_code")):
+                continue
+            index = self._waiting.pop((event.host_id, event.command_id), None)
+            if index is None:
+                continue  # a result sent again
+            self._follower.remove(event.host_id, "command", event.command_id)
+            self._answer(index, received_at=event.received_at, result=info)
+            self._close()
+
+    def _refuse(self, index: int, why: str) -> None:
+        self._answer(index, refused=why)
+        self._close()
+
+    def _answer(
+        self, index: int, received_at: float | None = None, **update: object
+    ) -> None:
+        answer = admin_pb2.SendCommandsResponse(index=index, **update)  # type: ignore[arg-type]
+        answer.received_at.FromNanoseconds(int((received_at or time.time()) * 1e9))
+        self._send.send_nowait(answer)
+
+    def _close(self) -> None:
+        self._open -= 1
+        self._end_if_done()
+
+    def _end_if_done(self) -> None:
+        if not self._taking and self._open == 0:
+            self._send.close()
+
+
+def _check_size(command: command_flow_pb2.Command) -> None:
+    """Refuse a command (its id and time filled in) too large for a host.
+
+    A request the transport took can still make a command over the limit
+    once its meta is filled in; the agent would refuse that message, and the
+    stream would fail on it again at every reconnect.
+    """
+    size = command.ByteSize()
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidRequest(
+            f"the command is {size} bytes with its id and time; a host accepts "
+            f"at most {MAX_MESSAGE_BYTES}"
+        )
 
 
 def _response(received_at: float, **update: object) -> admin_pb2.SendCommandResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -104,6 +104,28 @@ class AdminClient:
             delta = datetime.timedelta(seconds=result_within)
             request.timeout.FromTimedelta(delta)
         call = self._stub.SendCommand(request, metadata=self._metadata)
+        try:
+            with self._translated():
+                async for response in call:
+                    yield response
+        finally:
+            call.cancel()
+
+    async def send_commands(
+        self, requests: AsyncIterable[tuple[str, command_flow_pb2.Command]]
+    ) -> AsyncIterator[admin_pb2.SendCommandsResponse]:
+        """Queue each ``(host_id, command)`` of ``requests`` on one call.
+
+        Yields the answers as they come: for each request, by its position,
+        its queued record (or why it was refused), then its result. Ends once
+        ``requests`` is exhausted and every queued command has its result.
+        """
+
+        async def messages() -> AsyncIterator[admin_pb2.SendCommandsRequest]:
+            async for host_id, command in requests:
+                yield admin_pb2.SendCommandsRequest(host_id=host_id, command=command)
+
+        call = self._stub.SendCommands(messages(), metadata=self._metadata)
         try:
             with self._translated():
                 async for response in call:

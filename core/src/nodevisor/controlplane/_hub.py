@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from blockjoy.api.v1 import command_flow_pb2
 
-__all__ = ["Event", "Hub", "Outgoing", "Session"]
+__all__ = ["Event", "Follower", "Hub", "Outgoing", "Session"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,36 @@ class Session:
         """Ask the stream to close with ``status``."""
         self.end_status, self.end_details = status, details
         self.ended.set()
+
+
+class Follower:
+    """A watcher of updates about chosen commands and nodes (``Hub.follow``)."""
+
+    def __init__(
+        self,
+        watchers: dict[tuple[str, str, str], set[MemoryObjectSendStream[Event]]],
+        send: MemoryObjectSendStream[Event],
+        events: MemoryObjectReceiveStream[Event],
+    ) -> None:
+        self._watchers, self._send = watchers, send
+        #: The updates, as they arrive.
+        self.events = events
+        self.keys: set[tuple[str, str, str]] = set()
+
+    def add(self, host_id: str, kind: str, item_id: str) -> None:
+        """Receive the updates about a ``"command"`` or a ``"node"`` of a host."""
+        key = (host_id, kind, item_id)
+        self._watchers.setdefault(key, set()).add(self._send)
+        self.keys.add(key)
+
+    def remove(self, host_id: str, kind: str, item_id: str) -> None:
+        key = (host_id, kind, item_id)
+        self.keys.discard(key)
+        watchers = self._watchers.get(key)
+        if watchers is not None:
+            watchers.discard(self._send)
+            if not watchers:
+                del self._watchers[key]
 
 
 class Hub:
@@ -137,20 +167,22 @@ class Hub:
         Only the updates that answer ``command_id`` or describe ``node_id``
         are delivered, so that many watchers cost little per update.
         """
+        with self.follow() as follower:
+            follower.add(host_id, "command", command_id)
+            if node_id:
+                follower.add(host_id, "node", node_id)
+            yield follower.events
+
+    @contextlib.contextmanager
+    def follow(self) -> Iterator[Follower]:
+        """Receive the updates about the commands and nodes ``add``-ed meanwhile."""
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
-        keys = [(host_id, "command", command_id)]
-        if node_id:
-            keys.append((host_id, "node", node_id))
-        for key in keys:
-            self._watchers.setdefault(key, set()).add(send)
+        follower = Follower(self._watchers, send, receive)
         try:
-            yield receive
+            yield follower
         finally:
-            for key in keys:
-                watchers = self._watchers[key]
-                watchers.discard(send)
-                if not watchers:
-                    del self._watchers[key]
+            for key in list(follower.keys):
+                follower.remove(*key)
             send.close()
             receive.close()
 

@@ -335,6 +335,68 @@ class SendCommandResponse(google.protobuf.message.Message):
 Global___SendCommandResponse: typing_extensions.TypeAlias = SendCommandResponse
 
 @typing.final
+class SendCommandsRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    HOST_ID_FIELD_NUMBER: builtins.int
+    COMMAND_FIELD_NUMBER: builtins.int
+    host_id: builtins.str
+    @property
+    def command(self) -> blockjoy.api.v1.command_flow_pb2.Command:
+        """As in `SendCommandRequest`."""
+
+    def __init__(
+        self,
+        *,
+        host_id: builtins.str = ...,
+        command: blockjoy.api.v1.command_flow_pb2.Command | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["command", b"command"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["command", b"command", "host_id", b"host_id"]) -> None: ...
+
+Global___SendCommandsRequest: typing_extensions.TypeAlias = SendCommandsRequest
+
+@typing.final
+class SendCommandsResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: builtins.int
+    RECEIVED_AT_FIELD_NUMBER: builtins.int
+    QUEUED_FIELD_NUMBER: builtins.int
+    REFUSED_FIELD_NUMBER: builtins.int
+    RESULT_FIELD_NUMBER: builtins.int
+    index: builtins.int
+    """The request answered: its position in the call, from 0."""
+    refused: builtins.str
+    """Why the request was not queued: an unknown host, a command too large
+    for a host to accept, a command id in use.
+    """
+    @property
+    def received_at(self) -> google.protobuf.timestamp_pb2.Timestamp: ...
+    @property
+    def queued(self) -> Global___CommandRecord:
+        """The command as it was stored."""
+
+    @property
+    def result(self) -> blockjoy.api.v1.command_flow_pb2.CommandInfo:
+        """The command's final `CommandInfo`, the one with an `exit_code`."""
+
+    def __init__(
+        self,
+        *,
+        index: builtins.int = ...,
+        received_at: google.protobuf.timestamp_pb2.Timestamp | None = ...,
+        queued: Global___CommandRecord | None = ...,
+        refused: builtins.str = ...,
+        result: blockjoy.api.v1.command_flow_pb2.CommandInfo | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["queued", b"queued", "received_at", b"received_at", "refused", b"refused", "result", b"result", "update", b"update"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["index", b"index", "queued", b"queued", "received_at", b"received_at", "refused", b"refused", "result", b"result", "update", b"update"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["update", b"update"]) -> typing.Literal["queued", "refused", "result"] | None: ...
+
+Global___SendCommandsResponse: typing_extensions.TypeAlias = SendCommandsResponse
+
+@typing.final
 class ListCommandsRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 

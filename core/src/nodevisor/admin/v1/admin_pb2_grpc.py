@@ -59,6 +59,11 @@ class AdminServiceStub(object):
                 request_serializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandRequest.SerializeToString,
                 response_deserializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandResponse.FromString,
                 _registered_method=True)
+        self.SendCommands = channel.stream_stream(
+                '/nodevisor.admin.v1.AdminService/SendCommands',
+                request_serializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandsRequest.SerializeToString,
+                response_deserializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandsResponse.FromString,
+                _registered_method=True)
         self.ListCommands = channel.unary_unary(
                 '/nodevisor.admin.v1.AdminService/ListCommands',
                 request_serializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.ListCommandsRequest.SerializeToString,
@@ -106,6 +111,19 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendCommands(self, request_iterator, context):
+        """Queue many commands on one call, for any hosts. Each request is answered
+        first with its queued record (or why it was refused, and then nothing
+        more), then with its result: the final `CommandInfo`. Answers name their
+        request by its position in the call. Acks and `NodeInfo`s are not
+        streamed. The call ends once the caller has closed its side and every
+        command it queued has its result; a command stays queued when the caller
+        goes away before that.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCommands(self, request, context):
         """The history of commands, oldest first.
         """
@@ -135,6 +153,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.SendCommand,
                     request_deserializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandRequest.FromString,
                     response_serializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandResponse.SerializeToString,
+            ),
+            'SendCommands': grpc.stream_stream_rpc_method_handler(
+                    servicer.SendCommands,
+                    request_deserializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandsRequest.FromString,
+                    response_serializer=nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandsResponse.SerializeToString,
             ),
             'ListCommands': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCommands,
@@ -255,6 +278,33 @@ class AdminService(object):
             '/nodevisor.admin.v1.AdminService/SendCommand',
             nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandRequest.SerializeToString,
             nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendCommands(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nodevisor.admin.v1.AdminService/SendCommands',
+            nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandsRequest.SerializeToString,
+            nodevisor_dot_admin_dot_v1_dot_admin__pb2.SendCommandsResponse.FromString,
             options,
             channel_credentials,
             insecure,

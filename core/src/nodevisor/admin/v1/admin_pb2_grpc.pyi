@@ -89,6 +89,22 @@ _AdminServiceSendCommandType = typing_extensions.TypeVar(
     ],
 )
 
+_AdminServiceSendCommandsType = typing_extensions.TypeVar(
+    '_AdminServiceSendCommandsType',
+    grpc.StreamStreamMultiCallable[
+        nodevisor.admin.v1.admin_pb2.SendCommandsRequest,
+        nodevisor.admin.v1.admin_pb2.SendCommandsResponse,
+    ],
+    grpc.aio.StreamStreamMultiCallable[
+        nodevisor.admin.v1.admin_pb2.SendCommandsRequest,
+        nodevisor.admin.v1.admin_pb2.SendCommandsResponse,
+    ],
+    default=grpc.StreamStreamMultiCallable[
+        nodevisor.admin.v1.admin_pb2.SendCommandsRequest,
+        nodevisor.admin.v1.admin_pb2.SendCommandsResponse,
+    ],
+)
+
 _AdminServiceListCommandsType = typing_extensions.TypeVar(
     '_AdminServiceListCommandsType',
     grpc.UnaryUnaryMultiCallable[
@@ -105,7 +121,7 @@ _AdminServiceListCommandsType = typing_extensions.TypeVar(
     ],
 )
 
-class AdminServiceStub(typing.Generic[_AdminServiceCreateOtpType, _AdminServiceListHostsType, _AdminServiceListNodesType, _AdminServiceSendCommandType, _AdminServiceListCommandsType]):
+class AdminServiceStub(typing.Generic[_AdminServiceCreateOtpType, _AdminServiceListHostsType, _AdminServiceListNodesType, _AdminServiceSendCommandType, _AdminServiceSendCommandsType, _AdminServiceListCommandsType]):
     """The operator's API of the nodevisor reference control plane.
 
     Every call carries `authorization: Bearer <admin token>` metadata. The
@@ -131,6 +147,10 @@ class AdminServiceStub(typing.Generic[_AdminServiceCreateOtpType, _AdminServiceL
             nodevisor.admin.v1.admin_pb2.SendCommandRequest,
             nodevisor.admin.v1.admin_pb2.SendCommandResponse,
         ],
+        grpc.StreamStreamMultiCallable[
+            nodevisor.admin.v1.admin_pb2.SendCommandsRequest,
+            nodevisor.admin.v1.admin_pb2.SendCommandsResponse,
+        ],
         grpc.UnaryUnaryMultiCallable[
             nodevisor.admin.v1.admin_pb2.ListCommandsRequest,
             nodevisor.admin.v1.admin_pb2.ListCommandsResponse,
@@ -155,6 +175,10 @@ class AdminServiceStub(typing.Generic[_AdminServiceCreateOtpType, _AdminServiceL
             nodevisor.admin.v1.admin_pb2.SendCommandRequest,
             nodevisor.admin.v1.admin_pb2.SendCommandResponse,
         ],
+        grpc.aio.StreamStreamMultiCallable[
+            nodevisor.admin.v1.admin_pb2.SendCommandsRequest,
+            nodevisor.admin.v1.admin_pb2.SendCommandsResponse,
+        ],
         grpc.aio.UnaryUnaryMultiCallable[
             nodevisor.admin.v1.admin_pb2.ListCommandsRequest,
             nodevisor.admin.v1.admin_pb2.ListCommandsResponse,
@@ -178,6 +202,16 @@ class AdminServiceStub(typing.Generic[_AdminServiceCreateOtpType, _AdminServiceL
     has passed. The command stays queued when the caller goes away.
     """
 
+    SendCommands: _AdminServiceSendCommandsType
+    """Queue many commands on one call, for any hosts. Each request is answered
+    first with its queued record (or why it was refused, and then nothing
+    more), then with its result: the final `CommandInfo`. Answers name their
+    request by its position in the call. Acks and `NodeInfo`s are not
+    streamed. The call ends once the caller has closed its side and every
+    command it queued has its result; a command stays queued when the caller
+    goes away before that.
+    """
+
     ListCommands: _AdminServiceListCommandsType
     """The history of commands, oldest first."""
 
@@ -197,6 +231,10 @@ AdminServiceAsyncStub: typing_extensions.TypeAlias = AdminServiceStub[
     grpc.aio.UnaryStreamMultiCallable[
         nodevisor.admin.v1.admin_pb2.SendCommandRequest,
         nodevisor.admin.v1.admin_pb2.SendCommandResponse,
+    ],
+    grpc.aio.StreamStreamMultiCallable[
+        nodevisor.admin.v1.admin_pb2.SendCommandsRequest,
+        nodevisor.admin.v1.admin_pb2.SendCommandsResponse,
     ],
     grpc.aio.UnaryUnaryMultiCallable[
         nodevisor.admin.v1.admin_pb2.ListCommandsRequest,
@@ -247,6 +285,21 @@ class AdminServiceServicer(metaclass=abc.ABCMeta):
         `NodeInfo`s of its node. The stream ends after the final `CommandInfo`
         (the one with an `exit_code`), or with DEADLINE_EXCEEDED once `timeout`
         has passed. The command stays queued when the caller goes away.
+        """
+
+    @abc.abstractmethod
+    def SendCommands(
+        self,
+        request_iterator: _MaybeAsyncIterator[nodevisor.admin.v1.admin_pb2.SendCommandsRequest],
+        context: _ServicerContext,
+    ) -> typing.Union[collections.abc.Iterator[nodevisor.admin.v1.admin_pb2.SendCommandsResponse], collections.abc.AsyncIterator[nodevisor.admin.v1.admin_pb2.SendCommandsResponse]]:
+        """Queue many commands on one call, for any hosts. Each request is answered
+        first with its queued record (or why it was refused, and then nothing
+        more), then with its result: the final `CommandInfo`. Answers name their
+        request by its position in the call. Acks and `NodeInfo`s are not
+        streamed. The call ends once the caller has closed its side and every
+        command it queued has its result; a command stays queued when the caller
+        goes away before that.
         """
 
     @abc.abstractmethod
