@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,10 @@ class MemoryRuntime(Runtime):
     Node ``<id>`` lives in ``<data_dir>/nodes/node-<id>.json``: an operation
     reads and rewrites that one file, so its cost does not grow with the
     number of nodes. A new instance on the same ``data_dir`` finds them all.
+    Listing reads only the files that changed since the instance last read
+    or wrote them: same size, inode and modification time, and that time
+    was already well past when the file was read (a rewrite within the same
+    clock tick keeps the time, so a file read that soon is read again).
 
     Settings (the ``[runtimes.memory]`` config table, or keyword arguments):
 
@@ -63,6 +68,9 @@ class MemoryRuntime(Runtime):
         self.ignore_stop: bool = bool(settings.get("ignore_stop", False))
         self.calls: Counter[str] = Counter()
         self._dir = context.data_dir / "nodes"
+        #: What each node file held when last read, by path, with the
+        #: ``_stamp`` of the file then; only files settled at that time.
+        self._seen: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
     # persistence: a file per node, so that a new instance finds the old nodes
 
@@ -94,14 +102,32 @@ class MemoryRuntime(Runtime):
             os.close(fd)
 
     def _remove(self, node_id: str) -> None:
-        self._path(node_id).unlink(missing_ok=True)
+        path = self._path(node_id)
+        self._seen.pop(str(path), None)
+        path.unlink(missing_ok=True)
 
     def _load_all(self) -> Iterator[dict[str, Any]]:
-        for path in self._dir.glob("node-*.json"):
+        try:
+            entries = list(os.scandir(self._dir))
+        except FileNotFoundError:
+            return
+        seen: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        for entry in entries:
+            if not (entry.name.startswith("node-") and entry.name.endswith(".json")):
+                continue
             try:
-                yield _read(path)
+                stamp = _stamp(entry.stat())
+                known = self._seen.get(entry.path)
+                if known is not None and known[0] == stamp:
+                    node = known[1]
+                else:
+                    node = _read(Path(entry.path))
             except (FileNotFoundError, _Unwritten):  # removed, or never made
                 continue
+            if time.time_ns() - stamp[0] > _SETTLED_NS:
+                seen[entry.path] = (stamp, node)
+            yield node
+        self._seen = seen
 
     async def _step(self, operation: str, node_id: str) -> dict[str, Any] | None:
         self.calls[operation] += 1
@@ -217,6 +243,15 @@ class MemoryRuntime(Runtime):
         node = self._owned(self._load(node_id), node_id)
         node["state"] = state.value
         self._dump(node_id, node)
+
+
+#: How long after its last change a file's time is sure to change again
+#: with its next write: well over a clock tick of the file system.
+_SETTLED_NS = 100_000_000
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
 class _Unwritten(Exception):
