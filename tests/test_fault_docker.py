@@ -1,7 +1,9 @@
 """Fault injection on the Docker engine: a node's container killed from
 outside, and the Docker daemon itself restarted under running nodes. The
-agent is a real process with a reconciler pass every second; what it
-reports is read from the control plane's store of every update."""
+agent is a real process, with a reconciler pass every second or, to show
+that the Docker runtime's container events alone bring the news, every
+600 s; what it reports is read from the control plane's store of every
+update."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 
 from blockjoy.api.v1 import common_pb2, node_pb2
 
+from .conftest import _docker_agent
 from .test_faults import action, eventually, node_command, node_reports, run
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -24,8 +27,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 Status = node_pb2.NodeInfo.ContainerStatus
 URL = "litecoin-regtest/0.21.2-1"
 DOCKER_PID = Path("/var/run/docker.pid")
-# The way scripts/setup starts the daemon.
-START_DOCKERD = "nohup dockerd >/var/log/nodevisor-dockerd.log 2>&1 &"
+# The way scripts/setup starts the daemon, in a session of its own: it must
+# outlive the test run that restarted it.
+START_DOCKERD = "setsid nohup dockerd >/var/log/nodevisor-dockerd.log 2>&1 </dev/null &"
 
 
 def create(node_id: str, name: str):
@@ -70,6 +74,17 @@ async def wait_docker(seconds: float = 60.0) -> None:
 
 
 @pytest.fixture
+async def event_driven_docker_host(
+    tmp_path, control_plane, docker_client, litecoin_images
+):
+    """As ``docker_host``, with the reconciler's periodic pass as good as off:
+    after the first, the agent hears of a change only through events."""
+    extra = "reconcile_interval = 600\n"
+    async with _docker_agent(tmp_path, control_plane, docker_client, extra) as host:
+        yield host
+
+
+@pytest.fixture
 async def dockerd_restored():
     """Whatever a test does to dockerd, it answers again afterwards."""
     yield
@@ -83,8 +98,22 @@ async def test_a_container_killed_from_outside_is_reported_and_restarted(
 ):
     """``docker kill`` on a node's container: the reconciler records the
     node stopped with a reason, reports it, and starts it again."""
-    cp = control_plane
-    host_id, agent = reconciling_docker_host
+    await killed_and_back(control_plane, reconciling_docker_host, docker_client, 60)
+
+
+async def test_a_killed_container_is_noticed_through_the_engine_events(
+    control_plane, event_driven_docker_host, docker_client
+):
+    """``docker kill`` with no periodic pass to come for 600 s: the node is
+    reported stopped and running again within 15 s, so the runtime's event
+    feed told the agent."""
+    await killed_and_back(control_plane, event_driven_docker_host, docker_client, 15)
+
+
+async def killed_and_back(cp, host, docker_client, within: float) -> None:
+    """Kill a running node's container; within ``within`` seconds the node is
+    reported stopped with a reason, then running in a new process."""
+    host_id, agent = host
     await cp.wait_online(host_id, seconds=30)
     node_id = await running_node(cp, host_id)
     container = docker_client.containers.get(f"nodevisor-{node_id}")
@@ -92,7 +121,9 @@ async def test_a_container_killed_from_outside_is_reported_and_restarted(
     before = len(node_reports(cp.data_dir, node_id))
 
     await anyio.to_thread.run_sync(container.kill)
-    await eventually(lambda: seen_stopped_then_running(cp, node_id, before), 60, 0.2)
+    await eventually(
+        lambda: seen_stopped_then_running(cp, node_id, before), within, 0.2
+    )
 
     container.reload()
     assert container.status == "running"

@@ -22,7 +22,7 @@ from nodevisor import RuntimeFailure, RuntimeUnavailable
 from ._sdk import docker, requests
 from ._settings import DockerSettings
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "connect"]
 
 _log = logging.getLogger(__name__)
 
@@ -62,18 +62,24 @@ class Engine:
     async def _connected(self) -> docker.DockerClient:
         async with self._lock:
             if self._client is None:
+                connecting = functools.partial(
+                    connect, self._settings, self._settings.max_threads
+                )
                 self._client = await anyio.to_thread.run_sync(
-                    self._connect, limiter=self._limiter
+                    connecting, limiter=self._limiter
                 )
         return self._client
 
-    def _connect(self) -> docker.DockerClient:
-        # Connecting asks the engine for its API version: it blocks.
-        settings = self._settings
-        options = {"timeout": settings.timeout, "max_pool_size": settings.max_threads}
-        if settings.base_url:
-            return docker.DockerClient(base_url=settings.base_url, **options)
-        return docker.from_env(**options)
+
+def connect(settings: DockerSettings, connections: int) -> docker.DockerClient:
+    """A new client of the engine that keeps up to ``connections`` open.
+
+    Connecting asks the engine for its API version: it blocks.
+    """
+    options = {"timeout": settings.timeout, "max_pool_size": connections}
+    if settings.base_url:
+        return docker.DockerClient(base_url=settings.base_url, **options)
+    return docker.from_env(**options)
 
 
 @contextmanager

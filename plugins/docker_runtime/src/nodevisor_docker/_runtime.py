@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import anyio
@@ -29,6 +29,7 @@ from nodevisor_babel.v1 import babel_pb2
 
 from . import _babel, _describe, _labels, _ops
 from ._engine import Engine
+from ._events import ContainerEvents
 from ._exec import run_exec
 from ._settings import DockerSettings
 
@@ -48,6 +49,9 @@ class DockerRuntime(BabelBridge, Runtime):
     image and keeps the volume. Settings come from ``[runtimes.docker]``:
     ``base_url``, ``timeout``, ``max_threads``, ``pull`` and ``babel_dir``.
 
+    ``changes()`` follows the engine's container events, so the agent
+    notices at once a node whose container died, was killed or removed.
+
     A catalogue entry with ``babel = true`` runs babel as the container's
     entrypoint (see ``_babel``); such nodes answer ``protocol_status`` and
     ``protocol_command`` through babel's socket. Other nodes report no
@@ -62,6 +66,7 @@ class DockerRuntime(BabelBridge, Runtime):
         self.settings = DockerSettings.from_mapping(context.settings)
         self._engine = Engine(self.settings)
         self._host = context.host_id
+        self._events = ContainerEvents(self.settings, self._host)
 
     async def check(self) -> None:
         await self._engine.run("ping the Docker engine", _ops.ping)
@@ -163,7 +168,16 @@ class DockerRuntime(BabelBridge, Runtime):
         found = await self._engine.run(what, _ops.owned_containers, self._host)
         return [_describe.describe(container) for container in found]
 
+    def changes(self) -> AsyncIterator[str]:
+        """The id of each node whose container died, started or was removed.
+
+        Events come from the moment of this call; the feed outlives engine
+        restarts and ends when the iterator or the runtime is closed.
+        """
+        return self._events.follow()
+
     async def aclose(self) -> None:
+        await self._events.aclose()
         await self._engine.aclose()
 
     def _babel_folder(self, node_id: str) -> Path:
