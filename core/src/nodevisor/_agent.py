@@ -226,8 +226,10 @@ class Agent:
         )
 
     async def _prune_history(self, db: StoreRunner) -> None:
-        """Forget old finished commands, at start-up and then hourly."""
+        """Forget old finished commands once started, then hourly."""
         keep = self.config.command_history_days * 86_400
+        assert self.reconciler is not None
+        await self.reconciler.started.wait()  # start-up work comes first
         while True:
             try:
                 pruned = await db.write(db.store.prune_commands, time.time() - keep)
