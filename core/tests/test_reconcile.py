@@ -265,3 +265,35 @@ async def test_an_unreachable_engine_is_waited_for_not_given_up_on(
     memory.start = real_start
     await settle(reconciler)
     assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+
+
+async def test_an_event_during_the_delay_after_a_failure_is_acted_on_after_it(
+    manager, memory, store, new_id
+):
+    """With no periodic pass to come, a node named by an event while it
+    waits out its retry delay is checked when the delay ends."""
+
+    async def host_info():
+        return host_pb2.HostInfo()
+
+    await running(manager, new_id)
+    async with Dispatcher(
+        nodes=manager, db=StoreRunner(store), emit=lambda _: None, host_info=host_info
+    ) as dispatcher:
+        reconciler = Reconciler(manager, dispatcher, attempts=5, first_delay=0.3)
+        memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+        memory.fail.add("start")
+        await settle(reconciler)  # the start fails: 0.3 s before the next try
+        memory.fail.discard("start")
+        send, receive = anyio.create_memory_object_stream[str](10)
+        memory.changes = lambda: receive
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(reconciler.follow, memory)
+            await send.send(new_id)  # within the delay
+            with anyio.fail_after(5):
+                while True:
+                    if (await memory.inspect(new_id)).state is NodeState.RUNNING:
+                        break
+                    await anyio.sleep(0.05)
+            tasks.cancel_scope.cancel()
+    assert (await manager.require(new_id)).status is S.Running

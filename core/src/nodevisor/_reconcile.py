@@ -78,13 +78,43 @@ class Reconciler:
             await self.reconcile()
 
     async def follow(self, runtime: Runtime) -> None:
-        """Check each node the runtime's event feed names, as it names it."""
+        """Check each node the runtime's event feed names, as it names it.
+
+        A node named while it waits out the delay after a failed try is
+        checked when the delay ends, not left for the next periodic pass.
+        """
         feed = runtime.changes()
         if feed is None:
             return
         log.info("following the events of runtime %r", runtime.name)
-        async for node_id in feed:
-            self.nudge(node_id)
+        waiting: set[str] = set()
+        async with anyio.create_task_group() as later:
+            async for node_id in feed:
+                left = self._delay_left(node_id)
+                if left is None:
+                    self.nudge(node_id)
+                elif node_id not in waiting:
+                    waiting.add(node_id)
+                    later.start_soon(self._nudge_after, node_id, left, waiting)
+
+    async def _nudge_after(
+        self, node_id: str, delay: float | None, waiting: set[str]
+    ) -> None:
+        try:
+            while delay is not None:
+                await anyio.sleep(delay)
+                delay = self._delay_left(node_id)
+        finally:
+            waiting.discard(node_id)
+        self.nudge(node_id)
+
+    def _delay_left(self, node_id: str) -> float | None:
+        """Seconds until the node may be tried again, if it must wait."""
+        tries = self._tries.get(node_id)
+        if tries is None or tries.given_up:
+            return None
+        left = tries.not_before - time.monotonic()
+        return left if left > 0 else None
 
     def nudge(self, node_id: str) -> bool:
         """Check one node now (unless busy, backing off or given up on)."""
