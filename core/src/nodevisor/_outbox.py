@@ -86,7 +86,10 @@ class Outbox:
                 MAX_MESSAGE_BYTES,
             )
             return
-        written = self._db.write_nowait(self._db.store.outbox_add, payload)
+        result_of = None
+        if update.HasField("command") and update.command.HasField("exit_code"):
+            result_of = update.command.id.value or None
+        written = self._db.write_nowait(self._db.store.outbox_add, payload, result_of)
         self._entries.append(_Entry(payload, written))
         self._ready.set()
         if self._empty.is_set():

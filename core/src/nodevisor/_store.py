@@ -60,8 +60,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS nodes_live_name ON nodes(name)
     WHERE status != 9;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    payload BLOB NOT NULL,
-    created_at REAL NOT NULL DEFAULT 0
+    payload BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
@@ -70,7 +69,8 @@ CREATE TABLE IF NOT EXISTS commands (
     received_at REAL NOT NULL,
     finished_at REAL,
     exit_code INTEGER,
-    response TEXT
+    response TEXT,
+    result_seq INTEGER
 );
 """
 
@@ -276,16 +276,16 @@ class Store:
     def prune_commands(self, before: float) -> int:
         """Forget commands finished before ``before``; how many.
 
-        A command stays while its result may still be unconfirmed (an update
-        written no later than the command finished is in the outbox): until
-        the control plane has the result it may send the command again, and
-        the command must then be answered from here, not run again.
+        Only commands whose last result has left the outbox (the control
+        plane confirmed it, or took it as a peer that does not confirm): until
+        the control plane has a result it may send the command again, which
+        must then be answered from here, not run again. A command whose result
+        never reached the outbox is kept.
         """
-        (oldest,) = self._db.execute("SELECT MIN(created_at) FROM outbox").fetchone()
-        horizon = before if oldest is None else min(before, oldest)
         cursor = self._db.execute(
-            "DELETE FROM commands WHERE finished_at IS NOT NULL AND finished_at < ?",
-            (horizon,),
+            "DELETE FROM commands WHERE finished_at < ? AND result_seq IS NOT NULL"
+            " AND result_seq < (SELECT COALESCE(MIN(seq), result_seq + 1) FROM outbox)",
+            (before,),
         )
         return cursor.rowcount
 
@@ -298,14 +298,20 @@ class Store:
 
     # the outbox
 
-    def outbox_add(self, payload: bytes) -> int:
-        """Keep an update until the control plane confirms it; its number."""
-        cursor = self._db.execute(
-            "INSERT INTO outbox (payload, created_at) VALUES (?, ?)",
-            (payload, time.time()),
-        )
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+    def outbox_add(self, payload: bytes, result_of: str | None = None) -> int:
+        """Keep an update until the control plane confirms it; its number.
+
+        ``result_of`` names the command whose result the update is: the
+        command is then remembered until this update has left the outbox.
+        """
+        cursor = self._db.execute("INSERT INTO outbox (payload) VALUES (?)", (payload,))
+        seq = cursor.lastrowid
+        assert seq is not None
+        if result_of is not None:
+            self._db.execute(
+                "UPDATE commands SET result_seq = ? WHERE id = ?", (seq, result_of)
+            )
+        return seq
 
     def outbox_confirm(self, up_to: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE seq <= ?", (up_to,))
@@ -511,11 +517,10 @@ def _settle_group(group: list[_Write], done: asyncio.Future[Any]) -> None:
 
 def _upgrade(db: sqlite3.Connection) -> None:
     """Bring a store written by an earlier version up to the schema."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-    if "created_at" not in columns:
-        # Rows from before count as written at time 0: they hold back the
-        # pruning of commands until they are confirmed.
-        db.execute("ALTER TABLE outbox ADD COLUMN created_at REAL NOT NULL DEFAULT 0")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(commands)")}
+    if "result_seq" not in columns:
+        # Commands from before have no result number: they are kept.
+        db.execute("ALTER TABLE commands ADD COLUMN result_seq INTEGER")
 
 
 def _column(value: object) -> object:
