@@ -244,12 +244,14 @@ async def test_send_commands_answers_each_request_by_its_position(
     first, second = start(str(uuid.uuid4())), start(str(uuid.uuid4()))
     first.node.meta.api_command_id.value = str(uuid.uuid4())
     huge = too_large_with_its_meta()
+    received = command_flow_pb2.UpdatesReceived(up_to=3)
     requests = [
         (host_id, first),
         (str(uuid.uuid4()), start(str(uuid.uuid4()))),  # no such host
         (host_id, second),
         (host_id, huge),
         (host_id, first),  # its command id is in use
+        (host_id, command_flow_pb2.Command(received=received)),
     ]
 
     async def send() -> AsyncIterator[tuple[str, command_flow_pb2.Command]]:
@@ -285,32 +287,39 @@ async def test_send_commands_answers_each_request_by_its_position(
         2: ["queued", "result"],
         3: ["refused"],
         4: ["refused"],
+        5: ["refused"],
     }
     assert results[0] == (7, "rc 7") and results[2] == (0, "rc 0")
     assert "no host" in results[1][1] or "not found" in results[1][1].lower()
-    assert "a host accepts at most" in results[3][1]
+    assert "bytes with its id and time; at most" in results[3][1]
+    assert "not a command to queue" in results[5][1]
     assert first.node.meta.api_command_id.value in results[4][1]
     assert len(await cp.admin.list_commands(host_id)) == 2
 
 
 def too_large_with_its_meta() -> command_flow_pb2.Command:
-    """A command just under the message limit, over it once its id and time
-    are filled in."""
-    # The request adds a host id (about 45 bytes); the meta about 60.
-    name_size = MAX_MESSAGE_BYTES
-    while True:
-        create = node_pb2.NodeCreate(name="x" * name_size)
-        command = node_command(str(uuid.uuid4()), create=create)
-        if command.ByteSize() <= MAX_MESSAGE_BYTES - 50:
-            return command
-        name_size -= 1
+    """A command the transport takes, too large to queue once its id and
+    time are filled in and its record must carry it back."""
+    create = node_pb2.NodeCreate(name="x" * (MAX_MESSAGE_BYTES - 2048))
+    return node_command(str(uuid.uuid4()), create=create)
 
 
 async def test_send_command_refuses_a_command_too_large_once_filled_in(
     cp: RunningControlPlane,
 ) -> None:
     host_id, _ = await cp.provision()
-    with pytest.raises(InvalidRequest, match="with its id and time; a host accepts"):
+    with pytest.raises(InvalidRequest, match="bytes with its id and time; at most"):
         async for _ in cp.admin.send_command(host_id, too_large_with_its_meta(), 5):
             pass
     assert await cp.admin.list_commands(host_id) == []
+
+
+async def test_send_command_refuses_an_updates_received(
+    cp: RunningControlPlane,
+) -> None:
+    host_id, _ = await cp.provision()
+    received = command_flow_pb2.UpdatesReceived(up_to=1)
+    command = command_flow_pb2.Command(received=received)
+    with pytest.raises(InvalidRequest, match="not a command to queue"):
+        async for _ in cp.admin.send_command(host_id, command, 5):
+            pass

@@ -105,8 +105,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 timeout = request.timeout.ToTimedelta().total_seconds()
             # Watch before queueing, so that no early answer is missed; the
             # command gets its id first, so that the watch can name it.
-            command, command_id = with_meta(request.command, time.time())
-            _check_size(command)
+            command, command_id = _prepared(request.command)
             node_id = command.node.id.value if command.HasField("node") else ""
             with self._hub.watch(request.host_id, command_id, node_id) as events:
                 written = await self._db.write(
@@ -165,16 +164,19 @@ class _Batch:
         index = 0
         async for request in requests:
             self._open += 1
-            self._queue(index, request)
+            try:
+                self._queue(index, request)
+            except Exception as exc:  # one bad request must not end the call
+                log.exception("could not queue request %d of a SendCommands", index)
+                self._refuse(index, f"the control plane could not queue it: {exc!r}")
             index += 1
         self._taking = False
         self._end_if_done()
 
     def _queue(self, index: int, request: admin_pb2.SendCommandsRequest) -> None:
         host_id = request.host_id
-        command, command_id = with_meta(request.command, time.time())
         try:
-            _check_size(command)
+            command, command_id = _prepared(request.command)
         except InvalidRequest as exc:
             self._refuse(index, str(exc))
             return
@@ -238,19 +240,36 @@ class _Batch:
             self._send.close()
 
 
-def _check_size(command: command_flow_pb2.Command) -> None:
-    """Refuse a command (its id and time filled in) too large for a host.
+#: The largest command queued: a host accepts messages up to
+#: ``MAX_MESSAGE_BYTES``, and the record that carries a command back to the
+#: operator (ids, times, state) must fit in one too.
+MAX_COMMAND_BYTES = MAX_MESSAGE_BYTES - 4096
 
-    A request the transport took can still make a command over the limit
-    once its meta is filled in; the agent would refuse that message, and the
-    stream would fail on it again at every reconnect.
+
+def _prepared(
+    command: command_flow_pb2.Command,
+) -> tuple[command_flow_pb2.Command, str]:
+    """The command to queue, its id and time filled in, and its id.
+
+    Refuses what is not a command for a host, and a command too large: a
+    request the transport took can still grow past the limit once its meta
+    is filled in, and the agent would refuse that message at every
+    reconnect.
     """
-    size = command.ByteSize()
-    if size > MAX_MESSAGE_BYTES:
+    if command.WhichOneof("type") == "received":
         raise InvalidRequest(
-            f"the command is {size} bytes with its id and time; a host accepts "
-            f"at most {MAX_MESSAGE_BYTES}"
+            "UpdatesReceived is the control plane's own message on a host's "
+            "stream, not a command to queue"
         )
+    command, command_id = with_meta(command, time.time())
+    size = command.ByteSize()
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidRequest(
+            f"the command is {size} bytes with its id and time; at most "
+            f"{MAX_COMMAND_BYTES} are queued (a host accepts {MAX_MESSAGE_BYTES}-byte "
+            "messages, and the command's record must fit in one)"
+        )
+    return command, command_id
 
 
 def _response(received_at: float, **update: object) -> admin_pb2.SendCommandResponse:
