@@ -110,6 +110,27 @@ async def test_a_killed_container_is_noticed_through_the_engine_events(
     await killed_and_back(control_plane, event_driven_docker_host, docker_client, 15)
 
 
+async def test_a_removed_container_is_made_again_through_the_engine_events(
+    control_plane, event_driven_docker_host, docker_client
+):
+    """``docker rm -f`` with no periodic pass to come: the kill and the
+    removal arrive while the node is being checked; the node is made again
+    and runs within 20 s, in a new container on the same volume."""
+    cp = control_plane
+    host_id, agent = event_driven_docker_host
+    await cp.wait_online(host_id, seconds=30)
+    node_id = await running_node(cp, host_id)
+    old = docker_client.containers.get(f"nodevisor-{node_id}")
+    before = len(node_reports(cp.data_dir, node_id))
+
+    await anyio.to_thread.run_sync(lambda: old.remove(force=True))
+    await eventually(lambda: seen_stopped_then_running(cp, node_id, before), 20, 0.2)
+
+    new = docker_client.containers.get(f"nodevisor-{node_id}")
+    assert new.id != old.id and new.status == "running"
+    assert agent.process.poll() is None
+
+
 async def killed_and_back(cp, host, docker_client, within: float) -> None:
     """Kill a running node's container; within ``within`` seconds the node is
     reported stopped with a reason, then running in a new process."""

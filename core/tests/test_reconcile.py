@@ -297,3 +297,32 @@ async def test_an_event_during_the_delay_after_a_failure_is_acted_on_after_it(
                     await anyio.sleep(0.05)
             tasks.cancel_scope.cancel()
     assert (await manager.require(new_id)).status is S.Running
+
+
+async def test_an_event_for_a_busy_node_is_acted_on_once_it_is_free(
+    reconciler, manager, memory, new_id
+):
+    """With no periodic pass to come, a node named by an event while a job
+    holds its lane is checked when the lane is free, not forgotten."""
+    await running(manager, new_id)
+    release = anyio.Event()
+
+    async def busy() -> None:
+        await release.wait()
+
+    assert reconciler.dispatcher.run_in_lane(new_id, busy)
+    send, receive = anyio.create_memory_object_stream[str](10)
+    memory.changes = lambda: receive
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reconciler.follow, memory)
+        memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+        await send.send(new_id)  # while the lane is held
+        await anyio.sleep(0.3)
+        release.set()
+        with anyio.fail_after(5):
+            while True:
+                if (await memory.inspect(new_id)).state is NodeState.RUNNING:
+                    break
+                await anyio.sleep(0.05)
+        tasks.cancel_scope.cancel()
+    assert (await manager.require(new_id)).status is S.Running

@@ -86,6 +86,10 @@ class Dispatcher:
     def busy(self) -> bool:
         return bool(self._lanes)
 
+    def in_lane(self, node_id: str) -> bool:
+        """Whether a command or a job for the node is queued or running."""
+        return node_id in self._lanes
+
     async def wait_idle(self) -> None:
         """Return once no command is queued or running."""
         await self._idle.wait()

@@ -51,6 +51,8 @@ class Reconciler:
     FALL_WINDOW = 600.0
     #: The longest wait between two tries for one node, in seconds.
     MAX_DELAY = 60.0
+    #: Seconds between two looks at a busy node that an event named.
+    BUSY_POLL = 0.2
 
     def __init__(
         self,
@@ -80,8 +82,9 @@ class Reconciler:
     async def follow(self, runtime: Runtime) -> None:
         """Check each node the runtime's event feed names, as it names it.
 
-        A node named while it waits out the delay after a failed try is
-        checked when the delay ends, not left for the next periodic pass.
+        A node named while it is busy (a command or a step of its own runs
+        in its lane) or while it waits out the delay after a failed try is
+        checked as soon as it is free, not left for the next periodic pass.
         """
         feed = runtime.changes()
         if feed is None:
@@ -90,20 +93,23 @@ class Reconciler:
         waiting: set[str] = set()
         async with anyio.create_task_group() as later:
             async for node_id in feed:
-                left = self._delay_left(node_id)
-                if left is None:
-                    self.nudge(node_id)
-                elif node_id not in waiting:
+                if node_id in waiting or self.nudge(node_id):
+                    continue
+                tries = self._tries.get(node_id)
+                if tries is None or not tries.given_up:
                     waiting.add(node_id)
-                    later.start_soon(self._nudge_after, node_id, left, waiting)
+                    later.start_soon(self._nudge_when_free, node_id, waiting)
 
-    async def _nudge_after(
-        self, node_id: str, delay: float | None, waiting: set[str]
-    ) -> None:
+    async def _nudge_when_free(self, node_id: str, waiting: set[str]) -> None:
         try:
-            while delay is not None:
-                await anyio.sleep(delay)
-                delay = self._delay_left(node_id)
+            while not self.dispatcher.closed:
+                left = self._delay_left(node_id)
+                if left is not None:
+                    await anyio.sleep(left)
+                elif self.dispatcher.in_lane(node_id):
+                    await anyio.sleep(self.BUSY_POLL)
+                else:
+                    break
         finally:
             waiting.discard(node_id)
         self.nudge(node_id)
