@@ -290,11 +290,7 @@ async def test_an_event_during_the_delay_after_a_failure_is_acted_on_after_it(
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(reconciler.follow, memory)
             await send.send(new_id)  # within the delay
-            with anyio.fail_after(5):
-                while True:
-                    if (await memory.inspect(new_id)).state is NodeState.RUNNING:
-                        break
-                    await anyio.sleep(0.05)
+            await until_running(memory, new_id)
             tasks.cancel_scope.cancel()
     assert (await manager.require(new_id)).status is S.Running
 
@@ -319,10 +315,14 @@ async def test_an_event_for_a_busy_node_is_acted_on_once_it_is_free(
         await send.send(new_id)  # while the lane is held
         await anyio.sleep(0.3)
         release.set()
-        with anyio.fail_after(5):
-            while True:
-                if (await memory.inspect(new_id)).state is NodeState.RUNNING:
-                    break
-                await anyio.sleep(0.05)
+        await until_running(memory, new_id)
         tasks.cancel_scope.cancel()
     assert (await manager.require(new_id)).status is S.Running
+
+
+async def until_running(memory, node_id) -> None:
+    with anyio.fail_after(5):
+        while True:
+            if (await memory.inspect(node_id)).state is NodeState.RUNNING:
+                return
+            await anyio.sleep(0.05)
