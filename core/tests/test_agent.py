@@ -11,12 +11,13 @@ import uuid
 import anyio
 import pytest
 
-from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 from nodevisor import AgentLocked, ConfigError, CredentialsError
 from nodevisor._agent import Agent
 from nodevisor._config import AgentConfig
 from nodevisor._credentials import Credentials
 from nodevisor._hookspecs import hookimpl
+from nodevisor._messages import host_update
 from nodevisor._outbox import Outbox
 from nodevisor._plugins import PluginManager
 from nodevisor._provision import provision
@@ -449,3 +450,28 @@ def remembers(config, command_id) -> bool:
         return store.command(command_id) is not None
     finally:
         store.close()
+
+
+async def test_stopping_with_the_control_plane_gone_does_not_wait_out_the_grace(
+    tmp_path, config
+):
+    """Updates left in the outbox cannot go anywhere without a stream: the
+    agent stops at once, keeping them for its next start."""
+    stop = anyio.Event()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tasks:
+            async with running_control_plane(tmp_path / "cp2") as cp:
+                await provision(config, await cp.admin.create_otp(), cp.address)
+                agent = Agent(config)  # shutdown_grace is 30 s
+                tasks.start_soon(agent.run, stop)
+                await agent.started.wait()
+                await agent.stream.connected.wait()
+            while True:  # the control plane is gone
+                if not agent.stream.connected.is_set():
+                    break
+                await anyio.sleep(0.05)
+            agent.outbox.put(host_update(host_pb2.HostInfo(name="unsent")))
+            began = anyio.current_time()
+            stop.set()
+    assert anyio.current_time() - began < 10  # well within the grace
+    assert len(agent.outbox) == 1  # kept for the next start

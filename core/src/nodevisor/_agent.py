@@ -199,9 +199,20 @@ class Agent:
         log.info("stopping: new commands are refused; waiting up to %gs", grace)
         with anyio.move_on_after(grace):
             await dispatcher.wait_idle()
-            await self.outbox.wait_empty()
+            await self._delivered()
         if dispatcher.busy:
             log.warning("stopping with commands still running; they are recorded")
+
+    async def _delivered(self) -> None:
+        """Until the outbox is empty, or there is no stream to empty it.
+
+        Without a stream, waiting would only use up the grace: the outbox is
+        durable, and goes out when the agent next connects.
+        """
+        assert self.outbox is not None and self.stream is not None
+        while len(self.outbox) and self.stream.connected.is_set():
+            with anyio.move_on_after(0.1):
+                await self.outbox.wait_empty()
 
     async def _node_manager(
         self, stack: AsyncExitStack, db: StoreRunner
