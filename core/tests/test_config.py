@@ -151,6 +151,8 @@ def test_api_url_takes_what_grpc_can_dial(tmp_path, address):
         ("not an address", "is not an address: expected host:port"),
         ("cp.example.com", "is not an address: expected host:port"),
         ("cp.example.com:70000", "has port 70000; a port is 1-65535"),
+        ("dns:", "names no address after 'dns:'"),
+        ("unix:", "names no address after 'unix:'"),
     ],
 )
 def test_api_url_refuses_what_grpc_cannot_dial(tmp_path, address, problem):
@@ -159,4 +161,11 @@ def test_api_url_refuses_what_grpc_cannot_dial(tmp_path, address, problem):
     with pytest.raises(ConfigError, match=f"api_url: {re.escape(repr(address))} "):
         load_config(file)
     with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config(file)
+
+
+def test_an_endless_interval_is_refused(tmp_path):
+    file = tmp_path / "config.toml"
+    file.write_text("protocol_interval = inf\n")
+    with pytest.raises(ConfigError, match="protocol_interval = inf: "):
         load_config(file)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
-from nodevisor import NodeSpec, NodeState, RuntimeContext
+from nodevisor import ConfigError, NodeSpec, NodeState, RuntimeContext
 from nodevisor.testing import MemoryRuntime
 
 pytestmark = pytest.mark.anyio
@@ -34,3 +35,18 @@ async def test_a_listing_sees_a_rewrite_that_kept_the_files_size_and_time(tmp_pa
     assert listed.state is NodeState.STOPPED
     [now] = await first.list_nodes()
     assert now.state is NodeState.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"delay": "x"}, "delay = 'x' is not valid: expected a table of operation"),
+        ({"delay": {"start": -1}}, "delay = {'start': -1} is not valid"),
+        ({"fail": "start"}, "fail = 'start' is not valid: expected a list"),
+        ({"ignore_stop": "yes"}, "ignore_stop = 'yes' is not valid"),
+        ({"dealy": {}}, "has unknown keys ['dealy']"),
+    ],
+)
+def test_settings_it_cannot_use_are_a_config_error(tmp_path, settings, problem):
+    with pytest.raises(ConfigError, match=re.escape(f"[runtimes.memory] {problem}")):
+        MemoryRuntime(RuntimeContext("host", tmp_path, settings))

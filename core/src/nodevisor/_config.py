@@ -43,7 +43,10 @@ class AgentConfig(BaseSettings):
     """What the agent reads at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix="NODEVISOR_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="NODEVISOR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        allow_inf_nan=False,
     )
 
     #: The control plane's gRPC address, ``host:port``. ``provision`` stores
@@ -107,7 +110,10 @@ def check_api_url(value: str) -> str:
     A control plane address is ``host:port`` (``[::1]:port`` for IPv6), or a
     gRPC target such as ``dns:///host:port`` or ``unix:/path``.
     """
-    if value.startswith(_GRPC_SCHEMES):
+    scheme = next((s for s in _GRPC_SCHEMES if value.startswith(s)), None)
+    if scheme is not None:
+        if not value[len(scheme) :].strip("/"):
+            raise ValueError(f"{value!r} names no address after {scheme!r}")
         return value
     if "://" in value:
         raise ValueError(

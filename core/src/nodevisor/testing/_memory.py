@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import anyio
 
-from .._errors import ImageUnavailable, RuntimeFailure
+from .._errors import ConfigError, ImageUnavailable, RuntimeFailure
 from .._hookspecs import hookimpl
 from .._runtime import (
     Capabilities,
@@ -60,6 +61,7 @@ class MemoryRuntime(Runtime):
     def __init__(self, context: RuntimeContext) -> None:
         super().__init__(context)
         settings = context.settings
+        _check_settings(settings)
         self.fail: set[str] = set(settings.get("fail", ()))
         self.delay: dict[str, float] = dict(settings.get("delay", {}))
         self.missing_images: set[str] = set(settings.get("missing_images", ()))
@@ -243,6 +245,44 @@ class MemoryRuntime(Runtime):
         node = self._owned(self._load(node_id), node_id)
         node["state"] = state.value
         self._dump(node_id, node)
+
+
+_SETTINGS = {
+    "fail": "a list of operation names",
+    "delay": "a table of operation = seconds",
+    "missing_images": "a list of image references",
+    "known_images": "a list of image references",
+    "ignore_stop": "true or false",
+}
+
+
+def _check_settings(settings: Mapping[str, Any]) -> None:
+    """Raise ``ConfigError`` naming the first key of the table that is wrong."""
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"[runtimes.memory] has unknown keys {unknown}; known: {sorted(_SETTINGS)}"
+        )
+    for key, value in settings.items():
+        if not _fits(key, value):
+            raise ConfigError(
+                f"[runtimes.memory] {key} = {value!r} is not valid: expected "
+                f"{_SETTINGS[key]}"
+            )
+
+
+def _fits(key: str, value: object) -> bool:
+    if key == "ignore_stop":
+        return isinstance(value, bool)
+    if key == "delay":
+        return isinstance(value, Mapping) and all(
+            isinstance(k, str)
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and 0 <= v < math.inf
+            for k, v in value.items()
+        )
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
 
 
 #: How long after its last change a file's time is sure to change again
