@@ -82,7 +82,9 @@ def test_a_bad_environment_value_is_a_config_error(tmp_path, monkeypatch):
     file = tmp_path / "config.toml"
     file.write_text("")
     monkeypatch.setenv("NODEVISOR_CATALOGUE", "/not/json")
-    with pytest.raises(ConfigError, match="NODEVISOR_"):
+    with pytest.raises(
+        ConfigError, match=r"NODEVISOR_CATALOGUE = '/not/json': not JSON; a list"
+    ):
         load_config(file)
 
 

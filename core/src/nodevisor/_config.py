@@ -173,7 +173,17 @@ def _explain(exc: pydantic.ValidationError | SettingsError, prefix: str = "") ->
     With ``prefix``, keys are named as environment variables.
     """
     if not isinstance(exc, pydantic.ValidationError):
-        return f"  {exc}"
+        # pydantic-settings could not parse a value it reads as JSON (a
+        # list, say): name the variable, its value and the form it needs.
+        found = re.search(r'field "(\w+)"', str(exc))
+        if found is None:
+            return f"  {exc}"
+        variable = prefix + found[1].upper()
+        value = os.environ.get(variable, "")
+        return (
+            f"  {variable} = {value!r}: not JSON; a list or table is written "
+            "as JSON, for example '[\"/etc/nodevisor/protocols\"]'"
+        )
     lines = []
     for error in exc.errors(include_url=False):
         key = ".".join(str(part) for part in error["loc"]) or "(the file)"
