@@ -323,3 +323,44 @@ async def test_send_command_refuses_an_updates_received(
     with pytest.raises(InvalidRequest, match="not a command to queue"):
         async for _ in cp.admin.send_command(host_id, command, 5):
             pass
+
+
+async def test_list_commands_pages_through_a_long_history(
+    cp: RunningControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of at most ``page_size`` commands, in queue order, each with the
+    token of the next; the client reads them all."""
+    host_id, _ = await cp.provision()
+    queued = [
+        (await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))).id
+        for _ in range(5)
+    ]
+    pages, token = [], ""
+    while True:
+        page = await cp.admin.list_commands_page(host_id, 2, token)
+        pages.append([record.id for record in page.commands])
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+
+    assert pages == [queued[:2], queued[2:4], queued[4:]]
+    assert [r.id for r in await cp.admin.list_commands(host_id)] == queued
+    with pytest.raises(InvalidRequest, match="is not one this control plane gave"):
+        await cp.admin.list_commands_page(page_token="x1")
+
+
+async def test_a_page_holds_no_more_than_one_message_can(
+    cp: RunningControlPlane,
+) -> None:
+    """Two commands of 2.5 MiB each do not fit in one message: they come on
+    two pages."""
+    host_id, _ = await cp.provision()
+    big = node_pb2.NodeCreate(name="x" * (5 * 1024 * 1024 // 2))
+    for _ in range(2):
+        await cp.admin.queue_command(
+            host_id, node_command(str(uuid.uuid4()), create=big)
+        )
+    first = await cp.admin.list_commands_page(host_id)
+
+    assert len(first.commands) == 1 and first.next_page_token
+    assert len(await cp.admin.list_commands(host_id)) == 2

@@ -90,8 +90,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListCommandsResponse:
         async with abort_on_error(context):
             self._authorize(context)
-            commands = await self._db.call(self._db.list_commands, request.host_id)
-        return admin_pb2.ListCommandsResponse(commands=commands)
+            after = _page_token(request.page_token)
+            size = min(request.page_size or PAGE_SIZE, PAGE_SIZE)
+            # One more than the page holds, to know whether more follow.
+            found = await self._db.call(
+                self._db.list_commands, request.host_id, after, size + 1
+            )
+        return _page(found, size)
 
     async def SendCommand(
         self,
@@ -270,6 +275,38 @@ def _prepared(
             "messages, and the command's record must fit in one)"
         )
     return command, command_id
+
+
+#: The most commands a ListCommands page holds.
+PAGE_SIZE = 1000
+#: The most bytes of commands a page holds, leaving room for the rest.
+PAGE_BYTES = MAX_MESSAGE_BYTES - 65536
+
+
+def _page_token(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidRequest(
+            f"page_token {token!r} is not one this control plane gave; use the "
+            "next_page_token of the page before, or none for the first page"
+        )
+    return int(token)
+
+
+def _page(
+    found: list[tuple[int, admin_pb2.CommandRecord]], size: int
+) -> admin_pb2.ListCommandsResponse:
+    """Up to ``size`` commands that fit in one message, and where to go on."""
+    page = admin_pb2.ListCommandsResponse()
+    total = 0
+    for count, (_, record) in enumerate(found):
+        total += record.ByteSize() + 8
+        if count == size or (count and total > PAGE_BYTES):
+            page.next_page_token = str(found[count - 1][0])
+            break
+        page.commands.append(record)
+    return page
 
 
 def _response(received_at: float, **update: object) -> admin_pb2.SendCommandResponse:

@@ -82,11 +82,25 @@ class AdminClient:
         return list(response.nodes)
 
     async def list_commands(self, host_id: str = "") -> list[admin_pb2.CommandRecord]:
+        """Every command (of ``host_id``), oldest first, read a page at a time."""
+        commands: list[admin_pb2.CommandRecord] = []
+        token = ""
+        while True:
+            page = await self.list_commands_page(host_id, page_token=token)
+            commands.extend(page.commands)
+            if not page.next_page_token:
+                return commands
+            token = page.next_page_token
+
+    async def list_commands_page(
+        self, host_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> admin_pb2.ListCommandsResponse:
+        """One page of commands; its ``next_page_token`` is where to go on."""
+        request = admin_pb2.ListCommandsRequest(
+            host_id=host_id, page_size=page_size, page_token=page_token
+        )
         with self._translated():
-            response = await self._stub.ListCommands(
-                admin_pb2.ListCommandsRequest(host_id=host_id), metadata=self._metadata
-            )
-        return list(response.commands)
+            return await self._stub.ListCommands(request, metadata=self._metadata)
 
     async def send_command(
         self,

@@ -305,13 +305,20 @@ class Database:
         with self._transaction() as db:
             mark_sent(db, command_ids)
 
-    def list_commands(self, host_id: str = "") -> list[admin_pb2.CommandRecord]:
+    def list_commands(
+        self, host_id: str = "", after: int = 0, limit: int = -1
+    ) -> list[tuple[int, admin_pb2.CommandRecord]]:
+        """``(seq, record)`` of the commands queued after ``after``, in order.
+
+        At most ``limit`` of them; all when it is negative.
+        """
         with self._lock:
             rows = self._conn.execute(
-                "SELECT * FROM commands WHERE ? = '' OR host_id = ? ORDER BY seq",
-                (host_id, host_id),
+                "SELECT * FROM commands WHERE (? = '' OR host_id = ?) AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (host_id, host_id, after, limit),
             ).fetchall()
-        return [_command(row) for row in rows]
+        return [(row["seq"], _command(row)) for row in rows]
 
     # Updates from agents.
 

@@ -401,14 +401,22 @@ class ListCommandsRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     HOST_ID_FIELD_NUMBER: builtins.int
+    PAGE_SIZE_FIELD_NUMBER: builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: builtins.int
     host_id: builtins.str
     """Only the commands of this host; every command when empty."""
+    page_size: builtins.int
+    """At most this many commands; 1,000 when unset, and never more than that."""
+    page_token: builtins.str
+    """Where to go on: the `next_page_token` of the page before."""
     def __init__(
         self,
         *,
         host_id: builtins.str = ...,
+        page_size: builtins.int = ...,
+        page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["host_id", b"host_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["host_id", b"host_id", "page_size", b"page_size", "page_token", b"page_token"]) -> None: ...
 
 Global___ListCommandsRequest: typing_extensions.TypeAlias = ListCommandsRequest
 
@@ -417,13 +425,17 @@ class ListCommandsResponse(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     COMMANDS_FIELD_NUMBER: builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: builtins.int
+    next_page_token: builtins.str
+    """Set when more commands follow: the `page_token` that lists them."""
     @property
     def commands(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___CommandRecord]: ...
     def __init__(
         self,
         *,
         commands: collections.abc.Iterable[Global___CommandRecord] | None = ...,
+        next_page_token: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["commands", b"commands"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["commands", b"commands", "next_page_token", b"next_page_token"]) -> None: ...
 
 Global___ListCommandsResponse: typing_extensions.TypeAlias = ListCommandsResponse

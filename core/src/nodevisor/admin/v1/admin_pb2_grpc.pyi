@@ -213,7 +213,7 @@ class AdminServiceStub(typing.Generic[_AdminServiceCreateOtpType, _AdminServiceL
     """
 
     ListCommands: _AdminServiceListCommandsType
-    """The history of commands, oldest first."""
+    """The history of commands, oldest first, a page at a time."""
 
 AdminServiceAsyncStub: typing_extensions.TypeAlias = AdminServiceStub[
     grpc.aio.UnaryUnaryMultiCallable[
@@ -308,6 +308,6 @@ class AdminServiceServicer(metaclass=abc.ABCMeta):
         request: nodevisor.admin.v1.admin_pb2.ListCommandsRequest,
         context: _ServicerContext,
     ) -> typing.Union[nodevisor.admin.v1.admin_pb2.ListCommandsResponse, collections.abc.Awaitable[nodevisor.admin.v1.admin_pb2.ListCommandsResponse]]:
-        """The history of commands, oldest first."""
+        """The history of commands, oldest first, a page at a time."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
