@@ -1,6 +1,7 @@
 """Delivery across a control plane restart: nothing lost, everything confirmed."""
 
 import socket
+import sqlite3
 import uuid
 
 import anyio
@@ -10,6 +11,7 @@ from blockjoy.api.v1 import node_pb2
 from nodevisor._agent import Agent
 from nodevisor._config import AgentConfig
 from nodevisor._provision import provision
+from nodevisor.controlplane import _agent_api
 from nodevisor.controlplane.testing import running_control_plane
 
 from .test_agent import create, node_command, updates
@@ -76,3 +78,49 @@ async def _finished(cp, host):
 
 async def _confirmed(agent):
     return len(agent.outbox) == 0
+
+
+async def test_updates_a_control_plane_failed_to_store_are_sent_again(
+    tmp_path, catalogue_dir, monkeypatch
+):
+    """An agent fresh from a restart, whose control plane takes the stream
+    but cannot store updates for longer than ``heartbeat_timeout``, keeps
+    them: the control plane said it confirms, so sent is not delivered."""
+    address, cp_dir = free_address(), tmp_path / "cp"
+    config = AgentConfig(
+        data_dir=tmp_path / "agent",
+        runtime="memory",
+        catalogue=[catalogue_dir],
+        heartbeat_interval=60,
+        heartbeat_timeout=1,
+    )
+    storing = False
+    record_updates = _agent_api.record_updates
+
+    def failing_disk(*args):
+        if not storing:
+            raise sqlite3.OperationalError("disk I/O error")
+        return record_updates(*args)
+
+    monkeypatch.setattr(_agent_api, "record_updates", failing_disk)
+    node_id = str(uuid.uuid4())
+    async with running_control_plane(cp_dir, listen=address) as cp:
+        otp = await cp.admin.create_otp()
+        host = (await provision(config, otp, address)).host_id
+        await cp.admin.queue_command(host, create(node_id))
+        agent = Agent(config)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(agent.run)
+            await eventually(lambda: _holds(agent, 2))  # the ack and the result
+            await anyio.sleep(3 * config.heartbeat_timeout)
+            assert len(agent.outbox) >= 2
+            storing = True
+            await eventually(lambda: _finished(cp, host))
+            [command] = await cp.admin.list_commands(host)
+            assert command.exit_code == 0
+            await eventually(lambda: _confirmed(agent))
+            tasks.cancel_scope.cancel()
+
+
+async def _holds(agent, count):
+    return agent.outbox is not None and len(agent.outbox) >= count

@@ -6,7 +6,10 @@ number (``InfoUpdate.seq``). The control plane confirms what it stored with
 ``UpdatesReceived{up_to}``; confirmed updates leave the outbox. A new stream
 sends every unconfirmed update again, oldest first. A control plane that
 never confirms gets at-least-once delivery of another kind: what a stream
-carried counts as delivered (``carried``).
+carried counts as delivered (``carried``). A control plane that confirms
+says so when the stream opens, in its response headers
+(``CONFIRMS_UPDATES_HEADER``), so that an agent fresh from a restart never
+mistakes it for one that does not while it is slow to store.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ from blockjoy.api.v1 import command_flow_pb2
 
 from ._store import StoreRunner, WriteAbandoned
 
-__all__ = ["MAX_MESSAGE_BYTES", "Outbox"]
+__all__ = ["CONFIRMS_UPDATES_HEADER", "MAX_MESSAGE_BYTES", "Outbox"]
 
 log = logging.getLogger(__name__)
 
 #: The largest message either side sends or accepts.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+#: The response header, with the value ``"1"``, of a control plane that
+#: confirms updates with ``UpdatesReceived``.
+CONFIRMS_UPDATES_HEADER = "nodevisor-confirms-updates"
 
 
 @dataclass(eq=False)  # entries are told apart by identity

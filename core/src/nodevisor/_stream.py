@@ -15,7 +15,7 @@ import grpc
 from blockjoy.api.v1 import command_flow_pb2
 
 from ._credentials import Credentials
-from ._outbox import MAX_MESSAGE_BYTES, Outbox
+from ._outbox import CONFIRMS_UPDATES_HEADER, MAX_MESSAGE_BYTES, Outbox
 
 __all__ = ["CHANNEL_OPTIONS", "Backoff", "CommandStream", "SilentPeer"]
 
@@ -104,9 +104,10 @@ class CommandStream:
         self._heartbeat_timeout = heartbeat_timeout
         self._backoff = backoff or Backoff()
         self._options = options
-        #: Whether the control plane confirms updates. Learnt from the first
-        #: confirmation and kept across reconnects: a new stream through a
-        #: black hole confirms nothing, and must still be found silent.
+        #: Whether the control plane confirms updates. Learnt from its
+        #: response headers or its first confirmation, and kept across
+        #: reconnects: a new stream through a black hole confirms nothing,
+        #: and must still be found silent.
         self._confirming = False
         #: Why a helper of the open stream cancelled its call, if one did.
         self._broken: Exception | None = None
@@ -161,6 +162,7 @@ class CommandStream:
                 asyncio.create_task(
                     self._guard(self._watch(call), call), name="stream watchdog"
                 ),
+                asyncio.create_task(self._learn(call), name="stream headers"),
             ]
             try:
                 await self._read(call)
@@ -208,6 +210,22 @@ class CommandStream:
                 continue
             self._on_command(command)
 
+    async def _learn(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Learn from the control plane's response headers whether it confirms.
+
+        A plain v1 peer may send its headers late, with its first command,
+        or never: nothing waits for them.
+        """
+        try:
+            headers = await call.initial_metadata()
+        except Exception as exc:  # the stream failed; its reader reports why
+            log.debug("no response headers from the control plane: %r", exc)
+            return
+        if headers is not None and headers.get(CONFIRMS_UPDATES_HEADER) == "1":
+            if not self._confirming:
+                log.debug("the control plane confirms updates")
+            self._confirming = True
+
     async def _watch(self, call: grpc.aio.StreamStreamCall) -> None:
         """Send a heartbeat when idle; end a stream whose peer went silent.
 
@@ -215,6 +233,7 @@ class CommandStream:
         with one that does not, the transport keepalive is the only check,
         and updates the stream carried are taken as delivered.
         """
+        await self.connected.wait()
         opened = last_beat = time.monotonic()
         plain = False
         while True:

@@ -18,6 +18,7 @@ from blockjoy.api.v1 import (
     host_pb2_grpc,
 )
 
+from .._outbox import CONFIRMS_UPDATES_HEADER
 from ._db import Database, Recorded, mark_sent, record_updates
 from ._errors import InvalidRequest, abort_on_error
 from ._hub import Event, Hub, Session
@@ -116,6 +117,9 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
     ) -> None:
         async with abort_on_error(context):
             host_id = await authenticate_host(self._db, context)
+        # Before anything else: an agent that has seen no confirmation yet
+        # must not take this control plane for one that never confirms.
+        await context.send_initial_metadata(((CONFIRMS_UPDATES_HEADER, "1"),))
         session = self._hub.open(host_id)
         try:
             await self._db.call(self._db.set_online, host_id, True)

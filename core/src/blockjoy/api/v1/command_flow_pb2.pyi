@@ -201,9 +201,11 @@ class UpdatesReceived(google.protobuf.message.Message):
     including `up_to`; the agent then forgets them. After a reconnect the agent
     sends every update still unconfirmed, in order, before its greeting, so an
     update is delivered at least once and the control plane's last view of
-    each node is the newest. A control plane that never confirms (a plain v1
-    peer) gets every unconfirmed update again on each new stream. The control
-    plane sends `received` only to agents that number their updates.
+    each node is the newest. A control plane that confirms says so as the
+    stream opens, with the response header `nodevisor-confirms-updates: 1`.
+    Toward one that never confirms (a plain v1 peer), an update counts as
+    delivered once a stream has carried it and stayed open a while. The
+    control plane sends `received` only to agents that number their updates.
     """
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
