@@ -364,3 +364,32 @@ async def test_a_page_holds_no_more_than_one_message_can(
 
     assert len(first.commands) == 1 and first.next_page_token
     assert len(await cp.admin.list_commands(host_id)) == 2
+
+
+async def test_a_record_too_large_for_a_page_has_its_response_cut_short(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    """A 2.5 MiB command whose agent answered with a 2.5 MiB response makes
+    a record larger than any message: it is listed with the response cut
+    short and saying so, and the commands after it are listed too."""
+    host_id, token = await cp.provision()
+    big = node_pb2.NodeCreate(name="x" * (5 * 1024 * 1024 // 2))
+    large = await cp.admin.queue_command(
+        host_id, node_command(str(uuid.uuid4()), create=big)
+    )
+    after = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+    agent = await open_agent(token)
+    command = await agent.next_command()
+    await agent.answer(command, exit_code=1, response="y" * (5 * 1024 * 1024 // 2))
+    await agent.aclose()
+
+    records = await cp.admin.list_commands(host_id)
+
+    assert [record.id for record in records] == [large.id, after.id]
+    assert records[0].exit_code == 1
+    assert records[0].command.node.create.name == big.name
+    assert records[0].response.startswith("y" * 1000)
+    assert records[0].response.endswith(
+        f"cut short by the control plane: the response is {5 * 1024 * 1024 // 2} "
+        f"bytes, and a command's record is sent in at most {MAX_MESSAGE_BYTES - 1024}]"
+    )

@@ -281,6 +281,8 @@ def _prepared(
 PAGE_SIZE = 1000
 #: The most bytes of commands a page holds, leaving room for the rest.
 PAGE_BYTES = MAX_MESSAGE_BYTES - 65536
+#: The most bytes of one command's record: a page holds at least one.
+RECORD_BYTES = MAX_MESSAGE_BYTES - 1024
 
 
 def _page_token(token: str) -> int:
@@ -305,8 +307,30 @@ def _page(
         if count == size or (count and total > PAGE_BYTES):
             page.next_page_token = str(found[count - 1][0])
             break
-        page.commands.append(record)
+        page.commands.append(_fitted(record))
     return page
+
+
+def _fitted(record: admin_pb2.CommandRecord) -> admin_pb2.CommandRecord:
+    """``record``, with the agent's response cut short if it cannot fit a page.
+
+    A command may be nearly as large as a message, and so may the response
+    the agent sent for it; together they are not, and a record that fits no
+    page would block every page after it.
+    """
+    excess = record.ByteSize() - RECORD_BYTES
+    if excess <= 0:
+        return record
+    response = record.response.encode()
+    note = (
+        f" [cut short by the control plane: the response is {len(response)} "
+        f"bytes, and a command's record is sent in at most {RECORD_BYTES}]"
+    )
+    keep = max(0, len(response) - excess - len(note.encode()) - 16)
+    fitted = admin_pb2.CommandRecord()
+    fitted.CopyFrom(record)
+    fitted.response = response[:keep].decode(errors="ignore") + note
+    return fitted
 
 
 def _response(received_at: float, **update: object) -> admin_pb2.SendCommandResponse:
