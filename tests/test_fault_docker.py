@@ -174,11 +174,28 @@ async def test_dockerd_restarted_with_nodes_running(
     back = time.monotonic()
 
     for node in nodes:
-        await eventually(
-            lambda node=node: seen_stopped_then_running(cp, node, before[node]),
-            max(1.0, 90 - (time.monotonic() - back)),
-            0.5,
-        )
+        try:
+            await eventually(
+                lambda node=node: seen_stopped_then_running(cp, node, before[node]),
+                max(1.0, 90 - (time.monotonic() - back)),
+                0.5,
+            )
+        except TimeoutError as exc:
+            exc.add_note(what_the_agent_did(cp, agent, node, before[node]))
+            raise
         container = docker_client.containers.get(f"nodevisor-{node}")
         assert container.status == "running"
     assert agent.process.poll() is None
+
+
+def what_the_agent_did(cp, agent, node_id: str, after: int) -> str:
+    """The node's reports since ``after`` and the end of the agent's log, for
+    a failure that happened on a machine no one can look at any more."""
+    reports = [
+        f"  {Status.Name(info.container_status)}: {info.failure_reason}"
+        for info in node_reports(cp.data_dir, node_id)[after:]
+    ]
+    log = agent.output().splitlines()[-60:]
+    return "\n".join(
+        [f"reports of node {node_id}:", *reports, "the agent's last log lines:", *log]
+    )
