@@ -3,7 +3,10 @@
 ``python bench/echo.py`` serves ``/bench.Echo/Echo`` on a free loopback port,
 prints the port on one line and serves until SIGTERM. Messages are raw bytes:
 no protobuf, no handler logic, so what it measures is gRPC alone.
-``echo_rate`` is the client side, used by ``benchmark.py``.
+``/bench.Echo/Fan`` answers each message with ``FAN`` copies of it: the shape
+of a v1 command on the agent's stream, one message down and four up (the
+ack, two status changes, the result). ``echo_rate`` is the client side, used
+by ``benchmark.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from collections.abc import AsyncIterator
 import grpc
 
 METHOD = "/bench.Echo/Echo"
+FAN_METHOD = "/bench.Echo/Fan"
+#: Messages up for each one down in ``Fan``.
+FAN = 4
 
 
 async def _echo(
@@ -27,11 +33,22 @@ async def _echo(
         yield message
 
 
+async def _fan(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    async for message in requests:
+        for _ in range(FAN):
+            yield message
+
+
 async def serve() -> None:
     server = grpc.aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(_echo)
+    handlers = {
+        "Echo": grpc.stream_stream_rpc_method_handler(_echo),
+        "Fan": grpc.stream_stream_rpc_method_handler(_fan),
+    }
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+        (grpc.method_handlers_generic_handler("bench.Echo", handlers),)
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -43,15 +60,22 @@ async def serve() -> None:
 
 
 async def echo_rate(
-    address: str, *, window: int, seconds: float, warmup: float = 0.5
+    address: str,
+    *,
+    window: int,
+    seconds: float,
+    warmup: float = 0.5,
+    fan: bool = False,
 ) -> float:
     """Round trips per second over one stream, ``window`` messages in flight.
 
-    The first ``warmup`` seconds are not counted.
+    With ``fan``, a round trip is one message down and ``FAN`` up. The first
+    ``warmup`` seconds are not counted.
     """
     payload = b"x" * 96  # about the size of a serialised start command
+    replies = FAN if fan else 1
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.stream_stream(METHOD)()
+        call = channel.stream_stream(FAN_METHOD if fan else METHOD)()
         credit = asyncio.Semaphore(window)
 
         async def write() -> None:
@@ -61,7 +85,7 @@ async def echo_rate(
 
         writer = asyncio.create_task(write())
         try:
-            return await _count(call, credit, seconds, warmup)
+            return await _count(call, credit, seconds, warmup, replies)
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -74,12 +98,14 @@ async def _count(
     credit: asyncio.Semaphore,
     seconds: float,
     warmup: float,
+    replies: int,
 ) -> float:
     begin = time.perf_counter() + warmup
     end = begin + seconds
     counted = 0
     while True:
-        await call.read()
+        for _ in range(replies):
+            await call.read()
         credit.release()
         now = time.perf_counter()
         if now >= end:
