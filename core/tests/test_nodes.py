@@ -263,6 +263,68 @@ async def test_a_failed_start_settles_on_the_actual_state(
     assert reports.statuses(new_id)[-2:] == ["Starting", "Stopped"]
 
 
+def raise_a_bug(memory, monkeypatch, step):
+    """Make the memory runtime's ``step`` raise what no runtime should."""
+
+    async def buggy(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(memory, step, buggy)
+
+
+@pytest.mark.parametrize("step", ["prepare", "create"])
+async def test_a_runtime_bug_in_create_rolls_the_create_back(
+    manager, memory, reports, new_id, monkeypatch, step
+):
+    raise_a_bug(memory, monkeypatch, step)
+    with pytest.raises(
+        RuntimeFailure, match=r"runtime 'memory' .* unexpected KeyError: 'oops'"
+    ):
+        await manager.create(new_id, create())
+    assert reports.statuses(new_id)[-1] == "Deleted"
+    with pytest.raises(NodeNotFound):
+        await manager.require(new_id)
+
+
+@pytest.mark.parametrize(
+    ("step", "command", "settled"),
+    [
+        ("start", "start", NodeStatus.Stopped),
+        ("stop", "stop", NodeStatus.Running),
+        ("delete", "delete", NodeStatus.Stopped),
+    ],
+)
+async def test_a_runtime_bug_in_a_step_settles_the_node(
+    manager, memory, new_id, monkeypatch, step, command, settled
+):
+    """A runtime raising a KeyError instead of a RuntimeFailure: the node is
+    not left Starting, Stopping or Deleting, and can still be deleted."""
+    await manager.create(new_id, create())
+    if command == "stop":
+        await manager.start(new_id)
+    raise_a_bug(memory, monkeypatch, step)
+    with pytest.raises(RuntimeFailure, match="unexpected KeyError") as caught:
+        await getattr(manager, command)(new_id)
+    assert isinstance(caught.value.__cause__, KeyError)
+    node = await manager.require(new_id)
+    assert node.status is settled
+    assert "unexpected KeyError: 'oops'" in node.failure
+    monkeypatch.undo()
+    await manager.delete(new_id)
+
+
+async def test_a_runtime_bug_in_an_upgrade_rolls_it_back(
+    manager, memory, reports, new_id, monkeypatch
+):
+    await running(manager, new_id)
+    raise_a_bug(memory, monkeypatch, "upgrade")
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    with pytest.raises(UpgradeFailed, match="unexpected KeyError"):
+        await manager.upgrade(new_id, upgrade)
+    node = await manager.require(new_id)
+    assert node.version == "1" and node.status.settled and node.journal is None
+
+
 async def test_snapshot_goes_snapshotting_starting_running(
     manager, reports, new_id, tmp_path
 ):

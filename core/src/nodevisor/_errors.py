@@ -25,7 +25,9 @@ code the agent reports for it in ``CommandInfo.exit_code``::
 Runtimes raise ``RuntimeFailure`` (or a subclass) with the engine's error
 chained as ``__cause__``; the agent turns it into a result with
 ``ExitCode.RUNTIME_ERROR``, or ``ExitCode.SERVICE_NOT_READY`` for
-``RuntimeUnavailable``.
+``RuntimeUnavailable``. Anything else a runtime's step raises is a bug of its
+plugin; the agent logs it and handles it as a ``RuntimeFailure`` that names
+the runtime and the exception, so the node's status is still settled.
 """
 
 from __future__ import annotations

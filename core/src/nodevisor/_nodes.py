@@ -223,7 +223,7 @@ class NodeManager:
         self, node: NodeRecord, runtime: Runtime, step: Awaitable[T]
     ) -> T:
         try:
-            return await step
+            return await _step(runtime, node.id, step)
         except RuntimeFailure as exc:
             await self._settle(node, runtime, exc)
             raise
@@ -259,9 +259,9 @@ class NodeManager:
         spec = self.spec(node, release)
         try:
             node = await self._move(node, S.Installing)
-            await runtime.prepare(spec)
+            await _step(runtime, node_id, runtime.prepare(spec))
             node = await self._move(node, S.Creating)
-            await runtime.create(spec)
+            await _step(runtime, node_id, runtime.create(spec))
         except RuntimeFailure as exc:
             await self._undo_create(node, runtime, exc)
             raise
@@ -379,7 +379,7 @@ class NodeManager:
 
         old, new = self.spec(node), self.spec(node, release)
         try:
-            await runtime.prepare(new)
+            await _step(runtime, node_id, runtime.prepare(new))
         except RuntimeFailure as exc:
             raise UpgradeFailed(
                 f"upgrade of node {node_id} to {release.url} failed before the node "
@@ -388,8 +388,8 @@ class NodeManager:
         journal = json.dumps({"op": "upgrade", "from": node.version, "to": new.version})
         node = await self._move(node.replace(journal=journal), S.Upgrading)
         try:
-            await runtime.stop(old)
-            await runtime.upgrade(old, new)
+            await _step(runtime, node_id, runtime.stop(old))
+            await _step(runtime, node_id, runtime.upgrade(old, new))
         except RuntimeFailure as exc:
             await self._roll_back(node.replace(journal=None), runtime, old, new, exc)
             raise UpgradeFailed(
@@ -658,6 +658,32 @@ class NodeManager:
                 f"cannot {command} node {node.id}: it is {node.status.name}, "
                 f"and {command} needs it {needed}"
             )
+
+
+async def _step(runtime: Runtime, node_id: str, step: Awaitable[T]) -> T:
+    """Await one of the runtime's steps for a node.
+
+    A runtime reports a failure as ``RuntimeFailure``. Anything else it
+    raises is a bug of its plugin: logged with its traceback, and raised as
+    the runtime's failure, so that the command that asked for the step
+    still settles the node's status and undoes what it must.
+    """
+    try:
+        return await step
+    except RuntimeFailure:
+        raise
+    except Exception as exc:
+        log.error(
+            "node %s: runtime %r raised %r instead of a RuntimeFailure",
+            node_id,
+            runtime.name,
+            exc,
+            exc_info=exc,
+        )
+        raise RuntimeFailure(
+            f"runtime {runtime.name!r} failed on node {node_id} with an "
+            f"unexpected {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 async def _make(runtime: Runtime, spec: NodeSpec) -> None:
