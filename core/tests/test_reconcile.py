@@ -326,3 +326,27 @@ async def until_running(memory, node_id) -> None:
             if (await memory.inspect(node_id)).state is NodeState.RUNNING:
                 return
             await anyio.sleep(0.05)
+
+
+async def test_a_node_whose_runtime_failed_to_load_says_so(
+    manager, memory, reports, new_id
+):
+    """At start-up, a node on a runtime that could not be loaded is reported
+    with the reason, its status as last known; the next start-up with the
+    runtime back clears it."""
+    await running(manager, new_id)
+    manager.runtimes.clear()
+    manager._unavailable["memory"] = "plugin 'memory' (x 1.0): failed to import"
+
+    await manager.mark_unmanaged()
+    await manager.mark_unmanaged()  # reported once, not at every start-up
+
+    [report] = [r for r in reports if r.id == new_id and r.failure]
+    assert report.status is S.Running
+    assert report.failure == (
+        "the node's runtime 'memory' is not available (plugin 'memory' (x 1.0): "
+        "failed to import); the node is not managed until an agent starts with it"
+    )
+    manager.runtimes["memory"] = memory
+    await manager.mark_unmanaged()
+    assert reports[-1].id == new_id and reports[-1].failure is None

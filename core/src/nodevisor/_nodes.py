@@ -576,6 +576,25 @@ class NodeManager:
         await self._stop(node, runtime)
         return "stopped, as expected"
 
+    async def mark_unmanaged(self) -> None:
+        """Say on each node whose runtime cannot be used why it is not managed.
+
+        Its status is left as last known: nothing can look at the node. The
+        failure is cleared at a later start-up that has the runtime again.
+        """
+        for node in await self.nodes():
+            if node.runtime in self.runtimes:
+                if node.failure and node.failure.startswith(_UNMANAGED):
+                    await self._save(node.replace(failure=None), "runtime is back")
+                continue
+            why = self._unavailable.get(node.runtime, "it is not installed")
+            failure = (
+                f"{_UNMANAGED}{node.runtime!r} is not available ({why}); the node "
+                "is not managed until an agent starts with it"
+            )
+            if node.failure != failure:
+                await self._save(node.replace(failure=failure), failure)
+
     async def give_up(
         self, node_id: str, reason: str, status: NodeStatus | None = None
     ) -> None:
@@ -693,6 +712,8 @@ async def _make(runtime: Runtime, spec: NodeSpec) -> None:
 
 #: How the failure an interrupted upgrade leaves on its node begins.
 _UPGRADE_ROLLED_BACK = "an upgrade to "
+#: How the failure of a node whose runtime cannot be used begins.
+_UNMANAGED = "the node's runtime "
 
 
 def _missing(runtime: Runtime) -> str:

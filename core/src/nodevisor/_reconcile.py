@@ -73,6 +73,7 @@ class Reconciler:
         self.started = anyio.Event()
 
     async def run(self) -> None:
+        await self.nodes.mark_unmanaged()
         await self.reconcile(adopt=True)
         self.started.set()
         while True:
