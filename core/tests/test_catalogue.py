@@ -22,6 +22,7 @@ def test_resolves_a_version_for_a_runtime(catalogue_dir):
         ("testchain", "not of the form <protocol>/<version>"),
         ("", "not of the form"),
         ("../etc/passwd", "not of the form"),
+        ("testchain/1\n", "not of the form"),
         ("nochain/1", "protocol 'nochain' is not in the catalogue"),
         ("testchain/9", "has no version '9'"),
     ],

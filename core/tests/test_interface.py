@@ -70,6 +70,11 @@ def test_an_int_parameter_takes_decimal_digits_as_text():
         ('[methods.sync_status]\njsonrpc = "x"\nmap = { a = "Fine" }\n', "unknown"),
         ('[commands.c]\nexec = ["echo", "-n{n}"]\n', "not a whole placeholder"),
         ('[commands.c]\nexec = ["echo", "{n}"]\n', "not a whole placeholder"),
+        (
+            '[commands.c]\nexec = ["echo", "{n}\\n"]\n[commands.c.parameters.n]\n'
+            'type = "int"\n',
+            "not a whole placeholder",
+        ),
         ('[commands.c]\njsonrpc = "x"\nrest = "/y"\n', "exactly one of"),
     ],
 )

@@ -107,6 +107,7 @@ async def test_create_with_a_taken_name_fails_and_changes_nothing(
         ("../etc", "may hold only ASCII letters"),
         ("a/b", "may hold only ASCII letters"),
         ("-lead", "must start with a letter or digit"),
+        ("alpha\n", "may hold only ASCII letters"),
     ],
 )
 async def test_bad_names_are_refused(manager, reports, new_id, name, message):
@@ -359,6 +360,8 @@ async def test_rename_checks_the_name(manager, new_id):
         await manager.rename(new_id, node_pb2.NodeInfoUpdate(name="beta"))
     with pytest.raises(InvalidArgument):
         await manager.rename(new_id, node_pb2.NodeInfoUpdate(name="a b"))
+    with pytest.raises(InvalidArgument):  # not a second "beta"
+        await manager.rename(new_id, node_pb2.NodeInfoUpdate(name="beta\n"))
     await manager.rename(new_id, node_pb2.NodeInfoUpdate(name="gamma"))
     assert (await manager.require(new_id)).name == "gamma"
 

@@ -44,7 +44,7 @@ from ._runtime import NodeSpec
 __all__ = ["Catalogue", "Release", "parse_url"]
 
 _URL = re.compile(
-    r"^(?P<protocol>[a-z0-9][a-z0-9._-]*)/(?P<version>[A-Za-z0-9][A-Za-z0-9._+-]*)$"
+    r"(?P<protocol>[a-z0-9][a-z0-9._-]*)/(?P<version>[A-Za-z0-9][A-Za-z0-9._+-]*)"
 )
 
 
@@ -136,7 +136,7 @@ class Release:
 
 def parse_url(url: str) -> tuple[str, str]:
     """Split ``<protocol>/<version>``; raise ``InvalidArgument`` if malformed."""
-    match = _URL.match(url)
+    match = _URL.fullmatch(url)
     if match is None:
         raise InvalidArgument(
             f"image url {url!r} is not of the form <protocol>/<version>, "

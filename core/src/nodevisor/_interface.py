@@ -77,8 +77,8 @@ APP_STATUSES = frozenset(
 )  # fmt: skip
 
 Value = int | float | str | bool
-_PLACEHOLDER = re.compile(r"^\{([a-z][a-z0-9_]*)\}$")
-_NAME = r"^[a-z][a-z0-9_]*$"
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+_NAME = r"[a-z][a-z0-9_]*"
 
 
 class _Model(pydantic.BaseModel):
@@ -181,7 +181,7 @@ class GenericCommand(Call):
     @classmethod
     def _names(cls, value: dict[str, Parameter]) -> dict[str, Parameter]:
         for name in value:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"parameter name {name!r} is not [a-z][a-z0-9_]*")
         return value
 
@@ -190,7 +190,7 @@ class GenericCommand(Call):
         for element in self.exec or self.params:
             if not isinstance(element, str) or "{" not in element:
                 continue
-            match = _PLACEHOLDER.match(element)
+            match = _PLACEHOLDER.fullmatch(element)
             if match is None or match[1] not in self.parameters:
                 raise ValueError(
                     f"{element!r} is not a whole placeholder of a declared "
@@ -223,7 +223,7 @@ class GenericCommand(Call):
 
 def _replace(element: Any, values: Mapping[str, Value]) -> Any:
     if isinstance(element, str):
-        match = _PLACEHOLDER.match(element)
+        match = _PLACEHOLDER.fullmatch(element)
         if match is not None:
             return values[match[1]]
     return element
@@ -254,7 +254,7 @@ class ProtocolInterface(_Model):
         cls, value: dict[str, GenericCommand]
     ) -> dict[str, GenericCommand]:
         for name in value:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):
                 raise ValueError(f"command name {name!r} is not [a-z][a-z0-9_]*")
         return value
 

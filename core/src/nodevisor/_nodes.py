@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 S = NodeStatus
 T = TypeVar("T")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_NAME = 63
 
 
@@ -60,7 +60,7 @@ def validate_name(name: str) -> str:
             f"node name {name[:20]!r}... is {len(name)} characters long; "
             f"at most {MAX_NAME} are allowed"
         )
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"node name {name!r} may hold only ASCII letters, digits, '-', '_' "
             "and '.', and must start with a letter or digit"
