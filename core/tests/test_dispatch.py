@@ -9,7 +9,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 from nodevisor import ExitCode
 from nodevisor._dispatch import Dispatcher
-from nodevisor._messages import node_update
+from nodevisor._messages import MAX_TEXT_BYTES, command_result, node_update
 from nodevisor._nodes import StoreRunner
 
 pytestmark = pytest.mark.anyio
@@ -236,3 +236,25 @@ def test_generic_parameters_pack_and_unpack_to_the_same_values():
 
     params = {"n": 5, "ratio": 0.5, "force": True, "label": "a b; c"}
     assert unpack_generic("node", pack_generic("mine", params)) == ("mine", params)
+
+
+async def test_a_refused_value_of_megabytes_is_quoted_short(dispatch, new_id):
+    """An image url of 4 MB is refused with a result that quotes only its
+    start: the result must fit in a message, or it is never delivered."""
+    dispatcher, sent = dispatch
+    url = "testchain/" + "9" * 4_000_000
+    dispatcher.submit(create_command(new_id, url=url))
+    await settle(dispatcher)
+    [(_, code, response)] = sent.results()
+    assert code == ExitCode.INVALID_ARGUMENT
+    assert "has no version '99999" in response
+    assert "... (4000000 characters)" in response
+    assert len(response) < 1000
+
+
+def test_a_response_too_large_for_an_update_is_cut_short_saying_so():
+    update = command_result("c-1", 10, "é" * 100_000)
+    response = update.command.response
+    assert len(response.encode()) <= MAX_TEXT_BYTES
+    assert response.startswith("é" * 1000)
+    assert response.endswith(" [cut short: 200000 bytes in all]")

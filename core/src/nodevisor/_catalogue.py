@@ -37,7 +37,7 @@ from typing import Any
 
 import pydantic
 
-from ._errors import CatalogueError, InvalidArgument
+from ._errors import CatalogueError, InvalidArgument, shown
 from ._interface import ProtocolInterface
 from ._runtime import NodeSpec
 
@@ -139,7 +139,7 @@ def parse_url(url: str) -> tuple[str, str]:
     match = _URL.fullmatch(url)
     if match is None:
         raise InvalidArgument(
-            f"image url {url!r} is not of the form <protocol>/<version>, "
+            f"image url {shown(url)} is not of the form <protocol>/<version>, "
             "for example litecoin-regtest/0.21.2-1"
         )
     return match["protocol"], match["version"]
@@ -175,19 +175,19 @@ class Catalogue:
         if spec is None:
             known = ", ".join(sorted(self._protocols)) or "none"
             raise InvalidArgument(
-                f"image url {url!r}: protocol {protocol!r} is not in the catalogue "
-                f"(known: {known})"
+                f"image url {shown(url)}: protocol {shown(protocol)} is not in the "
+                f"catalogue (known: {known})"
             )
         entry = spec.versions.get(version)
         if entry is None:
             raise InvalidArgument(
-                f"image url {url!r}: protocol {protocol!r} has no version {version!r} "
-                f"(known: {', '.join(spec.versions)})"
+                f"image url {shown(url)}: protocol {protocol!r} has no version "
+                f"{shown(version)} (known: {', '.join(spec.versions)})"
             )
         target = entry.runtimes.get(runtime)
         if target is None:
             raise InvalidArgument(
-                f"image url {url!r} has no image for the {runtime!r} runtime "
+                f"image url {shown(url)} has no image for the {runtime!r} runtime "
                 f"(it has: {', '.join(entry.runtimes) or 'none'})"
             )
         node = spec.node.model_copy(update=entry.node)

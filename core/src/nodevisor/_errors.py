@@ -54,7 +54,19 @@ __all__ = [
     "RuntimeUnavailable",
     "ServiceNotReady",
     "UpgradeFailed",
+    "shown",
 ]
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``value`` quoted for an error message, a long string cut short.
+
+    A message quotes what it refuses; a value of megabytes must not make a
+    message too large to send.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    return repr(value)
 
 
 class ExitCode(enum.IntEnum):

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from ._errors import InvalidArgument, NotSupported
+from ._errors import InvalidArgument, NotSupported, shown
 
 __all__ = [
     "APP_STATUSES",
@@ -140,7 +140,7 @@ class Parameter(_Model):
         where = f"parameter {name!r} of command {command!r}"
         typed = _typed(self.type, value)
         if typed is None:
-            raise InvalidArgument(f"{where} must be {self.type}, got {value!r}")
+            raise InvalidArgument(f"{where} must be {self.type}, got {shown(value)}")
         if isinstance(typed, int | float) and not isinstance(typed, bool):
             if self.min is not None and typed < self.min:
                 raise InvalidArgument(f"{where} is {typed}; at least {self.min:g}")
@@ -148,10 +148,10 @@ class Parameter(_Model):
                 raise InvalidArgument(f"{where} is {typed}; at most {self.max:g}")
         if self.choices and typed not in self.choices:
             allowed = ", ".join(map(repr, self.choices))
-            raise InvalidArgument(f"{where} is {typed!r}; one of {allowed}")
+            raise InvalidArgument(f"{where} is {shown(typed)}; one of {allowed}")
         if self.pattern is not None and not re.fullmatch(self.pattern, str(typed)):
             raise InvalidArgument(
-                f"{where} is {typed!r}, which does not match {self.pattern!r}"
+                f"{where} is {shown(typed)}, which does not match {self.pattern!r}"
             )
         return typed
 
@@ -203,7 +203,7 @@ class GenericCommand(Call):
         unknown = sorted(set(given) - set(self.parameters))
         if unknown:
             raise InvalidArgument(
-                f"command {name!r} has no parameter {unknown[0]!r} "
+                f"command {name!r} has no parameter {shown(unknown[0])} "
                 f"(it takes: {', '.join(self.parameters) or 'none'})"
             )
         values: dict[str, Value] = {}
@@ -264,7 +264,7 @@ class ProtocolInterface(_Model):
         if found is None:
             declared = ", ".join(sorted(self.commands)) or "none"
             raise NotSupported(
-                f"protocol {protocol!r} declares no generic command {name!r} "
+                f"protocol {protocol!r} declares no generic command {shown(name)} "
                 f"(declared: {declared}); nothing was run"
             )
         return found

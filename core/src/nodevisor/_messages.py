@@ -7,7 +7,27 @@ from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 from ._runtime import ProtocolStatus
 from ._store import NodeRecord
 
-__all__ = ["command_ack", "command_result", "host_update", "node_update"]
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "command_ack",
+    "command_result",
+    "host_update",
+    "node_update",
+]
+
+#: The most bytes of a command's response or a node's failure reason that
+#: an update carries: far below the message limit, so that whatever a
+#: runtime or a refused value made of it, the update still goes out.
+MAX_TEXT_BYTES = 64 * 1024
+
+
+def _fitted(text: str) -> str:
+    data = text.encode()
+    if len(data) <= MAX_TEXT_BYTES:
+        return text
+    note = f" [cut short: {len(data)} bytes in all]"
+    kept = data[: MAX_TEXT_BYTES - len(note.encode())].decode(errors="ignore")
+    return kept + note
 
 
 def node_update(
@@ -21,7 +41,7 @@ def node_update(
         runtime=node.runtime,
     )
     if node.failure:
-        info.failure_reason = node.failure
+        info.failure_reason = _fitted(node.failure)
     if protocol is not None:
         _fill_protocol(info, protocol)
     return command_flow_pb2.InfoUpdate(node=info)
@@ -51,6 +71,8 @@ def command_result(
     command_id: str, exit_code: int, response: str
 ) -> command_flow_pb2.InfoUpdate:
     info = command_flow_pb2.CommandInfo(
-        id=common_pb2.Uuid(value=command_id), exit_code=exit_code, response=response
+        id=common_pb2.Uuid(value=command_id),
+        exit_code=exit_code,
+        response=_fitted(response),
     )
     return command_flow_pb2.InfoUpdate(command=info)

@@ -36,6 +36,7 @@ from ._errors import (
     RuntimeFailure,
     ServiceNotReady,
     UpgradeFailed,
+    shown,
 )
 from ._runtime import NodeSpec, NodeState, Runtime, RuntimeNode
 from ._states import NodeStatus, check_transition
@@ -62,7 +63,7 @@ def validate_name(name: str) -> str:
         )
     if not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"node name {name!r} may hold only ASCII letters, digits, '-', '_' "
+            f"node name {shown(name)} may hold only ASCII letters, digits, '-', '_' "
             "and '.', and must start with a letter or digit"
         )
     return name
@@ -72,7 +73,7 @@ def _validate_id(node_id: str) -> str:
     try:
         return str(uuid.UUID(node_id))
     except ValueError:
-        raise InvalidArgument(f"node id {node_id!r} is not a UUID") from None
+        raise InvalidArgument(f"node id {shown(node_id)} is not a UUID") from None
 
 
 class NodeManager:
@@ -119,7 +120,7 @@ class NodeManager:
     async def require(self, node_id: str) -> NodeRecord:
         node = await self._record(node_id)
         if node is None:
-            raise NodeNotFound(f"no node with id {node_id!r} on this host")
+            raise NodeNotFound(f"no node with id {shown(node_id)} on this host")
         if node.status is S.Deleted:
             raise NodeNotFound(f"node {node_id} was deleted")
         return node
@@ -239,8 +240,8 @@ class NodeManager:
         release = self.catalogue.resolve(msg.image.url, self.default_runtime)
         if msg.blockchain and msg.blockchain != release.protocol:
             raise InvalidArgument(
-                f"blockchain {msg.blockchain!r} does not match image url "
-                f"{msg.image.url!r}, whose protocol is {release.protocol!r}"
+                f"blockchain {shown(msg.blockchain)} does not match image url "
+                f"{shown(msg.image.url)}, whose protocol is {release.protocol!r}"
             )
         runtime = self.runtime(self.default_runtime)
         await self._require_free(name)
@@ -477,9 +478,9 @@ class NodeManager:
         if not runtime.capabilities.protocol:
             raise NotSupported(
                 f"runtime {runtime.name!r} of node {node_id} cannot run generic "
-                f"commands; {command!r} was not run"
+                f"commands; {shown(command)} was not run"
             )
-        self._need(node, S.Running, command=f"run {command!r} on")
+        self._need(node, S.Running, command=f"run {shown(command)} on")
         log.info("node %s: running generic command %r %s", node_id, command, values)
         answer = await runtime.protocol_command(spec, command, values)
         return f"node {node_id}: {command} done: {answer}"

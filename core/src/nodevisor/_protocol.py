@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from blockjoy.api.v1 import common_pb2, node_pb2
 
-from ._errors import InvalidArgument, InvalidCommand
+from ._errors import InvalidArgument, InvalidCommand, shown
 from ._interface import Value
 from ._nodes import NodeManager
 from ._runtime import ProtocolStatus
@@ -72,7 +72,7 @@ def unpack_generic(
     values: dict[str, Value] = {}
     for param in msg.params:
         if param.name in values:
-            raise InvalidArgument(f"parameter {param.name!r} is given twice")
+            raise InvalidArgument(f"parameter {shown(param.name)} is given twice")
         values[param.name] = _unpack(param.name, param.value)
     name = values.pop(COMMAND_PARAMETER, None)
     if not isinstance(name, str) or not name:
@@ -91,7 +91,7 @@ def _unpack(name: str, value: object) -> Value:
             return unpacked.value
     kind = value.TypeName() or "nothing"  # type: ignore[attr-defined]
     raise InvalidArgument(
-        f"parameter {name!r} holds a {kind}; pack it as a StringValue, "
+        f"parameter {shown(name)} holds a {kind[:80]}; pack it as a StringValue, "
         "Int64Value, DoubleValue or BoolValue"
     )
 
