@@ -258,3 +258,27 @@ def test_a_response_too_large_for_an_update_is_cut_short_saying_so():
     assert len(response.encode()) <= MAX_TEXT_BYTES
     assert response.startswith("é" * 1000)
     assert response.endswith(" [cut short: 200000 bytes in all]")
+
+
+async def test_a_host_command_for_another_host_is_refused(dispatch, manager):
+    dispatcher, sent = dispatch
+    meta = common_pb2.CommandMeta(api_command_id=common_pb2.Uuid(value="h-3"))
+    other = common_pb2.Uuid(value=str(uuid.uuid4()))
+    host = host_pb2.HostCommand(id=other, meta=meta, info_get=host_pb2.HostInfoGet())
+    dispatcher.submit(command_flow_pb2.Command(host=host))
+    await settle(dispatcher)
+    assert not any(u.HasField("host") for u in sent)
+    [(command_id, code, response)] = sent.results()
+    assert (command_id, code) == ("h-3", ExitCode.INVALID_ARGUMENT)
+    assert f"is for host '{other.value}', and this agent is host " in response
+    assert manager.host_id in response
+
+
+async def test_a_host_command_naming_this_host_runs(dispatch, manager):
+    dispatcher, sent = dispatch
+    meta = common_pb2.CommandMeta(api_command_id=common_pb2.Uuid(value="h-4"))
+    this = common_pb2.Uuid(value=manager.host_id)
+    host = host_pb2.HostCommand(id=this, meta=meta, info_get=host_pb2.HostInfoGet())
+    dispatcher.submit(command_flow_pb2.Command(host=host))
+    await settle(dispatcher)
+    assert sent.results()[0][:2] == ("h-4", 0)

@@ -21,10 +21,12 @@ from blockjoy.api.v1 import command_flow_pb2, host_pb2, node_pb2
 from ._errors import (
     CommandError,
     ExitCode,
+    InvalidArgument,
     InvalidCommand,
     NotSupported,
     RuntimeFailure,
     RuntimeUnavailable,
+    shown,
 )
 from ._messages import command_ack, command_result, host_update
 from ._nodes import NodeManager
@@ -295,6 +297,13 @@ class Dispatcher:
 
     async def _run_host(self, command: host_pb2.HostCommand) -> str:
         which = command.WhichOneof("command")
+        host_id = self.nodes.host_id
+        # A v1 peer may leave the id unset; one that names a host names this one.
+        if command.id.value and command.id.value != host_id:
+            raise InvalidArgument(
+                f"the host command is for host {shown(command.id.value)}, and this "
+                f"agent is host {host_id}; nothing was done"
+            )
         if which == "info_get":
             self._emit(host_update(await self._host_info()))
             return "host info sent"
