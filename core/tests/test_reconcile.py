@@ -147,20 +147,18 @@ async def test_an_interrupted_upgrade_is_finished_or_rolled_back(
 async def test_a_no_op_command_still_says_what_the_node_should_be(
     reconciler, manager, memory, store, new_id
 ):
-    """An upgrade interrupted after it stopped the node is rolled back to
-    Stopped, while Running is still expected of the node: a stop then finds
-    nothing to do, yet the reconciler must not start the node it was just
-    told to stop. And the other way round for a start of a running node."""
+    """A node Stopped while Running is still expected of it (an interrupted
+    upgrade rolled back, say, before the reconciler started it): a stop then
+    finds nothing to do, yet the reconciler must not start the node it was
+    just told to stop. And the other way round for a start of a running
+    node."""
     await running(manager, new_id)
     node = await manager.require(new_id)
-    await memory.stop(manager.spec(node))  # the upgrade's first step
+    await memory.stop(manager.spec(node))
     await manager.nodes()  # a read waits for the writes queued before it
-    journal = json.dumps({"op": "upgrade", "from": "1", "to": "2"})
-    store.save_node(node.replace(status=S.Upgrading, journal=journal))
+    store.save_node(node.replace(status=S.Stopped))
     await manager.get(new_id)  # read afresh, as after a restart
-    await settle(reconciler)
-    rolled_back = await manager.require(new_id)
-    assert (rolled_back.status, rolled_back.expected) == (S.Stopped, S.Running)
+    assert (await manager.require(new_id)).expected is S.Running
 
     assert "stopped already" in await manager.stop(new_id)
     await settle(reconciler)
@@ -175,6 +173,27 @@ async def test_a_no_op_command_still_says_what_the_node_should_be(
     await settle(reconciler)
     assert (await memory.inspect(new_id)).state is NodeState.RUNNING
     assert (await manager.require(new_id)).expected is S.Running
+
+
+async def test_an_upgrade_rolled_back_is_started_in_the_same_check(
+    reconciler, manager, memory, store, reports, new_id
+):
+    """A crash after an upgrade stopped the node: one check rolls it back and
+    starts it, as expected of it, without waiting for the next pass."""
+    await running(manager, new_id)
+    node = await manager.require(new_id)
+    await memory.stop(manager.spec(node))  # the upgrade's first step
+    await manager.nodes()
+    journal = json.dumps({"op": "upgrade", "from": "1", "to": "2"})
+    store.save_node(node.replace(status=S.Upgrading, journal=journal))
+    await manager.get(new_id)
+
+    assert await settle(reconciler) == 1
+
+    node = await manager.require(new_id)
+    assert (node.status, node.version, node.journal) == (S.Running, "1", None)
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+    assert reports.statuses(new_id)[-3:] == ["Stopped", "Starting", "Running"]
 
 
 async def test_nodes_the_store_lost_are_adopted_untouched(
@@ -230,11 +249,20 @@ async def test_a_node_that_keeps_stopping_by_itself_is_left_stopped(
     reconciler, manager, memory, new_id
 ):
     await running(manager, new_id)
-    for _ in range(2):  # attempts is 3: two restarts, then it gives up
-        memory.set_state_out_of_band(new_id, NodeState.STOPPED)
-        await settle(reconciler)
-        assert (await memory.inspect(new_id)).state is NodeState.RUNNING
     memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    await settle(reconciler)  # the first fall: started again at once
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+    await settle(reconciler)  # the second: reported, started after a delay
+    assert (await memory.inspect(new_id)).state is NodeState.STOPPED
+    assert (await manager.require(new_id)).status is S.Stopped
+    assert await settle(reconciler) == 0
+    await anyio.sleep(reconciler.first_delay)
+    await settle(reconciler)
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+
+    memory.set_state_out_of_band(new_id, NodeState.STOPPED)  # attempts is 3
     await settle(reconciler)
     node = await manager.require(new_id)
     assert (await memory.inspect(new_id)).state is NodeState.STOPPED

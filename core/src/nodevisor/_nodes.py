@@ -607,6 +607,17 @@ class NodeManager:
             node.replace(failure=reason, status=status or node.status), reason
         )
 
+    async def record_actual(
+        self, node: NodeRecord, actual: RuntimeNode | None
+    ) -> NodeRecord:
+        """Record what the runtime shows of a settled node, and do nothing more."""
+        if actual is None:
+            return await self._record_missing(node, self.runtime(node.runtime))
+        observed = _observed(actual.state)
+        if observed is None or observed is node.status:
+            return node
+        return await self._record_observed(node, observed, actual)
+
     async def _record_observed(
         self, node: NodeRecord, observed: NodeStatus, actual: RuntimeNode
     ) -> NodeRecord:

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ._dispatch import Dispatcher
 from ._errors import RuntimeUnavailable
@@ -86,20 +87,53 @@ class Reconciler:
         A node named while it is busy (a command or a step of its own runs
         in its lane) or while it waits out the delay after a failed try is
         checked as soon as it is free, not left for the next periodic pass.
+        A feed that fails or ends is asked for again with ``changes()``,
+        after a delay that grows with each failure in a row, up to
+        ``MAX_DELAY``; a feed that ran that long before it failed starts
+        the count again. ``changes()`` returning ``None`` means no feed.
         """
-        feed = runtime.changes()
-        if feed is None:
-            return
-        log.info("following the events of runtime %r", runtime.name)
         waiting: set[str] = set()
+        failures = 0
         async with anyio.create_task_group() as later:
+            while True:
+                started = time.monotonic()
+                ended = await self._follow_once(runtime, later, waiting)
+                if ended is None:
+                    return
+                # A feed that ran a while before it stopped counts anew.
+                ran = time.monotonic() - started
+                failures = 1 if ran >= self.MAX_DELAY else failures + 1
+                delay = self._delay(failures)
+                log.warning(
+                    "the event feed of runtime %r %s; asking for it again in %.0fs",
+                    runtime.name,
+                    ended,
+                    delay,
+                )
+                await anyio.sleep(delay)
+
+    async def _follow_once(
+        self, runtime: Runtime, later: TaskGroup, waiting: set[str]
+    ) -> str | None:
+        """Act on what one feed names; say how it ended, ``None`` if no feed."""
+        try:
+            feed = runtime.changes()
+            if feed is None:
+                return None
+            log.info("following the events of runtime %r", runtime.name)
             async for node_id in feed:
-                if node_id in waiting or self.nudge(node_id):
-                    continue
-                tries = self._tries.get(node_id)
-                if tries is None or not tries.given_up:
-                    waiting.add(node_id)
-                    later.start_soon(self._nudge_when_free, node_id, waiting)
+                self._named(node_id, later, waiting)
+        except Exception as exc:  # the engine's feed broke; it is asked again
+            return f"failed: {exc!r}"
+        return "ended"
+
+    def _named(self, node_id: str, later: TaskGroup, waiting: set[str]) -> None:
+        if node_id in waiting or self.nudge(node_id):
+            return
+        tries = self._tries.get(node_id)
+        if tries is None or not tries.given_up:
+            waiting.add(node_id)
+            later.start_soon(self._nudge_when_free, node_id, waiting)
 
     async def _nudge_when_free(self, node_id: str, waiting: set[str]) -> None:
         try:
@@ -182,31 +216,36 @@ class Reconciler:
     def _schedule(self, node_id: str) -> bool:
         return self.dispatcher.run_in_lane(node_id, lambda: self._step(node_id))
 
-    async def _step(self, node_id: str) -> None:
-        node = await self.nodes.get(node_id)
-        if node is None:
-            return
-        try:
-            actual = await self.nodes.runtime(node.runtime).inspect(node_id)
-            if not self.nodes.out_of_step(node, actual):
-                return
-            if await self._fell_too_often(node, actual):
-                return
-            done = await self.nodes.converge(node, actual)
-        except Exception as exc:  # counted, retried later, reported at the limit
-            await self._failed(node, exc)
-            return
-        if done:
-            log.info("node %s (%s): %s", node.id, node.name, done)
+    #: Steps one check may take in a row: an interrupted upgrade rolled
+    #: back, say, and then the start its node is expected to get.
+    STEPS = 3
 
-    async def _fell_too_often(
-        self, node: NodeRecord, actual: RuntimeNode | None
-    ) -> bool:
-        """Whether a node that keeps stopping by itself should be left stopped.
+    async def _step(self, node_id: str) -> None:
+        for _ in range(self.STEPS):
+            node = await self.nodes.get(node_id)
+            if node is None:
+                return
+            try:
+                actual = await self.nodes.runtime(node.runtime).inspect(node_id)
+                if not self.nodes.out_of_step(node, actual):
+                    return
+                if await self._fell(node, actual):
+                    return
+                done = await self.nodes.converge(node, actual)
+            except Exception as exc:  # counted, retried later, reported at the limit
+                await self._failed(node, exc)
+                return
+            if done:
+                log.info("node %s (%s): %s", node.id, node.name, done)
+
+    async def _fell(self, node: NodeRecord, actual: RuntimeNode | None) -> bool:
+        """For a node that stopped by itself: whether to leave it for now.
 
         Each restart of such a node succeeds, so it would never count as a
-        failure: a node the agent had running and found stopped ``attempts``
-        times within ``FALL_WINDOW`` seconds is given up on instead.
+        failure. The first fall is answered with a restart at once; each
+        later one within ``FALL_WINDOW`` seconds is recorded and reported,
+        and the restart waits a delay that doubles each time; at
+        ``attempts`` falls the node is given up on, left stopped.
         """
         fell = node.status is NodeStatus.Running and (
             actual is None or actual.state is not NodeState.RUNNING
@@ -217,8 +256,27 @@ class Reconciler:
         now = time.monotonic()
         tries.falls = [t for t in tries.falls if now - t < self.FALL_WINDOW]
         tries.falls.append(now)
-        if len(tries.falls) < self.attempts:
+        falls = len(tries.falls)
+        if falls >= self.attempts:
+            await self._give_up_falling(node, tries)
+            return True
+        if falls == 1:
             return False
+        delay = min(self.MAX_DELAY, self.first_delay * 2 ** (falls - 2))
+        tries.not_before = now + delay
+        await self.nodes.record_actual(node, actual)
+        log.warning(
+            "node %s (%s): stopped by itself %d times within %g minutes; "
+            "next start in %.0fs",
+            node.id,
+            node.name,
+            falls,
+            self.FALL_WINDOW / 60,
+            delay,
+        )
+        return True
+
+    async def _give_up_falling(self, node: NodeRecord, tries: _Tries) -> None:
         tries.given_up = True
         reason = (
             f"the node stopped by itself {len(tries.falls)} times within "
@@ -227,7 +285,10 @@ class Reconciler:
         )
         log.error("node %s (%s): %s", node.id, node.name, reason)
         await self.nodes.give_up(node.id, reason, status=NodeStatus.Stopped)
-        return True
+
+    def _delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failures in a row."""
+        return min(self.MAX_DELAY, self.first_delay * 2 ** (failures - 1))
 
     async def _failed(self, node: NodeRecord, exc: Exception) -> None:
         tries = self._tries.setdefault(node.id, _Tries(node.expected))
@@ -246,7 +307,7 @@ class Reconciler:
             log.error("node %s (%s): %s", node.id, node.name, reason)
             await self.nodes.give_up(node.id, reason)
             return
-        delay = min(self.MAX_DELAY, self.first_delay * 2 ** (tries.retries - 1))
+        delay = self._delay(tries.retries)
         tries.not_before = time.monotonic() + delay
         log.warning(
             "node %s (%s): converging failed (%s); next try in %.0fs",
