@@ -204,6 +204,35 @@ async def test_failed_upgrade_rolls_back(manager, memory, reports, new_id):
     assert "told to fail upgrade" in node.failure
 
 
+async def test_an_upgrade_whose_new_version_does_not_start_is_rolled_back(
+    manager, memory, reports, new_id, monkeypatch
+):
+    """The image was replaced, then the new version failed to start: the node
+    goes back to the old one and runs it; exit code 7 says the upgrade
+    failed, and a later upgrade is possible."""
+    await running(manager, new_id)
+    start = memory.start
+
+    async def new_version_crashes(spec):
+        if spec.version == "2":
+            raise RuntimeFailure("qemu: linux kernel too old to load a ram disk")
+        await start(spec)
+
+    monkeypatch.setattr(memory, "start", new_version_crashes)
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    with pytest.raises(UpgradeFailed, match="did not start, and the node was rolled"):
+        await manager.upgrade(new_id, upgrade)
+
+    node = await manager.require(new_id)
+    assert (node.version, node.status, node.journal) == ("1", NodeStatus.Running, None)
+    assert "kernel too old" in node.failure
+    assert (await memory.inspect(new_id)).url == "testchain/1"
+    assert reports.statuses(new_id)[-3:] == ["Upgrading", "Upgraded", "Running"]
+    monkeypatch.undo()
+    await manager.upgrade(new_id, upgrade)
+    assert (await manager.require(new_id)).version == "2"
+
+
 async def test_upgrade_keeps_data_and_delete_removes_it(manager, memory, new_id):
     await running(manager, new_id)
     memory.write_file(new_id, "marker", "kept")

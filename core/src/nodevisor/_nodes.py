@@ -397,12 +397,22 @@ class NodeManager:
                 f"upgrade of node {node_id} to {release.url} failed and was rolled "
                 f"back to {node.url}: {exc}"
             ) from exc
+        # The journal stays until the new version runs: a crash before that
+        # is finished by the reconciler, a start that fails is rolled back.
         node = await self._save(
-            node.replace(version=release.version, status=S.Upgraded, journal=None),
+            node.replace(version=release.version, status=S.Upgraded),
             f"Upgrading -> Upgraded ({release.url})",
         )
-        await self._guarded(node, runtime, runtime.start(new))
-        await self._move(node, S.Running)
+        try:
+            await _step(runtime, node_id, runtime.start(new))
+        except RuntimeFailure as exc:
+            back = node.replace(version=old.version, journal=None)
+            await self._roll_back(back, runtime, old, new, exc, started=True)
+            raise UpgradeFailed(
+                f"upgrade of node {node_id} to {release.url} failed: the new version "
+                f"did not start, and the node was rolled back to {node.url}: {exc}"
+            ) from exc
+        await self._move(node.replace(journal=None), S.Running)
         return f"node {node_id} upgraded from {old.url} to {new.url}"
 
     async def _roll_back(
@@ -412,8 +422,13 @@ class NodeManager:
         old: NodeSpec,
         new: NodeSpec,
         exc: Exception,
+        *,
+        started: bool = False,
     ) -> None:
+        """Put the node back on ``old``; with ``started``, ``new`` was started."""
         try:
+            if started:
+                await runtime.stop(new)
             await runtime.upgrade(new, old)
             await runtime.start(old)
         except Exception as inner:  # reported through the node's status below
