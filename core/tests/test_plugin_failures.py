@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
-from nodevisor import CONTRACT_VERSION, hookimpl
+from nodevisor import CONTRACT_VERSION, ExitCode, hookimpl
 from nodevisor._agent import Agent
 from nodevisor._config import AgentConfig
 from nodevisor._plugins import PluginManager
@@ -35,7 +35,10 @@ pytestmark = pytest.mark.anyio
 
 @dataclasses.dataclass(frozen=True)
 class Broken:
-    """One broken plugin: its module's source and what the reports must say."""
+    """One broken plugin: its module's source and what the reports must say.
+
+    A few tests install a plugin that works the same way, with no reasons.
+    """
 
     plugin: str
     source: str
@@ -50,6 +53,23 @@ class Broken:
         return f"nodevisor-outside-{self.plugin}"
 
 
+def offering(name: str, body: str = "", hook: str = "def") -> str:
+    """The source of a plugin whose ``hook`` offers one runtime, ``name``.
+
+    The runtime is a ``MemoryRuntime`` with ``body`` (class-level lines)
+    added; ``hook`` is ``"async def"`` for a hook of the wrong kind.
+    """
+    lines = "".join(f"\n    {line}" for line in textwrap.dedent(body).splitlines())
+    return (
+        "import nodevisor\n"
+        "from nodevisor.testing import MemoryRuntime\n\n"
+        f"class Offered(MemoryRuntime):\n    name = {name!r}{lines}\n\n"
+        f"@nodevisor.hookimpl\n{hook} nodevisor_runtimes():\n    return [Offered]\n"
+    )
+
+
+FUTURE = f"contract_version = {CONTRACT_VERSION + 1}"
+
 BROKEN = [
     Broken(
         "raises",
@@ -58,18 +78,7 @@ BROKEN = [
     ),
     Broken(
         "future",
-        textwrap.dedent(f"""
-            import nodevisor
-            from nodevisor.testing import MemoryRuntime
-
-            class Future(MemoryRuntime):
-                name = "future"
-                contract_version = {CONTRACT_VERSION + 1}
-
-            @nodevisor.hookimpl
-            def nodevisor_runtimes():
-                return [Future]
-        """),
+        offering("future", FUTURE),
         (
             f"contract version {CONTRACT_VERSION + 1}",
             f"expects version {CONTRACT_VERSION}",
@@ -85,6 +94,60 @@ BROKEN = [
                 pass
         """),
         ("does not fit the hook specs", "nodevisor_node_status_changed", "colour"),
+    ),
+    Broken(
+        "exits",
+        "import sys\nsys.exit(3)\n",
+        ("failed to import 'outside_exits'", "SystemExit(3)"),
+    ),
+    Broken(
+        "plain",
+        offering(
+            "plain",
+            """
+            def create(self, spec):
+                return None
+
+            def list_nodes(self):
+                return []
+            """,
+        ),
+        (
+            "runtime 'plain' defines create, list_nodes without async",
+            "must be an `async def`",
+        ),
+    ),
+    Broken(
+        "dictcaps",
+        offering("dictcaps", 'capabilities = {"snapshot": True}'),
+        (
+            "runtime 'dictcaps' sets capabilities = {'snapshot': True}",
+            "must be a nodevisor.Capabilities",
+        ),
+    ),
+    Broken(
+        "misspelled",
+        textwrap.dedent("""
+            import nodevisor
+
+            @nodevisor.hookimpl
+            def nodevisor_node_status_change(node_id):
+                pass
+        """),
+        (
+            "unknown hook 'nodevisor_node_status_change'",
+            "did you mean 'nodevisor_node_status_changed'?",
+        ),
+    ),
+    Broken(
+        "asynchook",
+        offering("other", hook="async def"),
+        ("nodevisor_runtimes must be a plain function (def, not async def)",),
+    ),
+    Broken(
+        "escape",
+        offering("../../escape"),
+        ("runtime Offered is named '../../escape'", "lowercase letters"),
     ),
 ]
 
@@ -160,15 +223,20 @@ def node_command(node_id, **variant):
     )
 
 
-def create(node_id):
-    image = common_pb2.ContainerImage(url="testchain/1")
+def create(node_id, url="testchain/1"):
+    image = common_pb2.ContainerImage(url=url)
     return node_command(node_id, create=node_pb2.NodeCreate(name="n1", image=image))
 
 
 async def exit_code(cp, host_id, command):
+    return (await result(cp, host_id, command)).exit_code
+
+
+async def result(cp, host_id, command):
+    """The command's final ``CommandInfo``: its exit code and response."""
     async for update in cp.admin.send_command(host_id, command, 10):
         if update.command_info.HasField("exit_code"):
-            return update.command_info.exit_code
+            return update.command_info
     raise AssertionError(f"no result for {command}")
 
 
@@ -219,6 +287,10 @@ async def test_a_broken_plugin_is_reported_and_the_agent_serves(
     hosts = await anyio.to_thread.run_sync(run_hosts_cli, control_plane)
     assert hosts.exit_code == 0, hosts.output
     assert "plugin failures" in hosts.output and broken.plugin in hosts.output
+    shown = " ".join(hosts.output.split())
+    assert f"({host_id}): plugin {broken.plugin!r} ({broken.distribution}" in shown
+    for reason in broken.reasons:
+        assert reason in shown
 
 
 @pytest.mark.parametrize("broken", BROKEN, ids=lambda b: b.plugin)
@@ -234,10 +306,105 @@ def test_agent_plugins_names_a_broken_plugin_and_exits_1(broken, installed):
     assert "memory" in output
 
 
+QUIET = [
+    (
+        Broken(
+            "watcher",
+            "import nodevisor\n\n"
+            "@nodevisor.hookimpl\n"
+            "def nodevisor_node_status_changed(node_id):\n"
+            "    pass\n",
+            (),
+        ),
+        "observer: plugin 'watcher' (nodevisor-outside-watcher 0.3): ok "
+        "(nodevisor_node_status_changed)",
+    ),
+    (
+        Broken(
+            "unmarked",
+            "def nodevisor_node_status_changed(node_id):\n    pass\n",
+            (),
+        ),
+        "unused: plugin 'unmarked' (nodevisor-outside-unmarked 0.3): ok, but it "
+        "provides no runtime and implements no hook",
+    ),
+]
+
+
+@pytest.mark.parametrize(("plugin", "line"), QUIET, ids=["observer", "unused"])
+def test_agent_plugins_lists_a_plugin_that_provides_no_runtime(plugin, line, installed):
+    installed(plugin)
+    result = run_plugins_cli()
+    assert result.exit_code == 0, result.output
+    assert line in " ".join(result.output.split())
+
+
+def test_ctrl_c_during_a_plugins_import_still_stops_the_loading(installed):
+    installed(Broken("interrupted", "raise KeyboardInterrupt\n", ()))
+    with pytest.raises(KeyboardInterrupt):
+        PluginManager().load_entry_points()
+
+
 def test_agent_plugins_exits_0_when_every_plugin_loads():
     result = run_plugins_cli()
     assert result.exit_code == 0, result.output
     assert "failed" not in result.output and "memory" in result.output
+
+
+UNUSABLE = [
+    (
+        Broken(
+            "badcontract",
+            offering("future", FUTURE),
+            (
+                f"runtime 'future' was built for contract version "
+                f"{CONTRACT_VERSION + 1}, but this nodevisor expects version "
+                f"{CONTRACT_VERSION}",
+            ),
+        ),
+        "future",
+    ),
+    (
+        Broken(
+            "buggy",
+            offering(
+                "ctorbug",
+                """
+                def __init__(self, context):
+                    super().__init__(context)
+                    context.settings["missing"]
+                """,
+            ),
+            ("building runtime 'ctorbug' raised KeyError: 'missing'",),
+        ),
+        "ctorbug",
+    ),
+]
+
+
+@pytest.mark.parametrize(("broken", "runtime"), UNUSABLE, ids=["contract", "ctor"])
+async def test_a_command_on_an_unusable_runtime_names_its_plugin_and_the_cause(
+    broken, runtime, installed, control_plane, config
+):
+    """The plugin's name differs from the runtime's: the reason is still
+    found, with the plugin, its distribution and the cause."""
+    installed(broken)
+    host_id = (await control_plane.admin.list_hosts())[0].id
+    (config.catalogue[0] / "spare.toml").write_text(
+        f'protocol = "spare"\n[versions."1".runtimes.{runtime}]\nimage = "spare"\n'
+    )
+    chosen = config.model_copy(update={"runtime": runtime})
+
+    async with running_agent(chosen):
+        answer = await result(
+            control_plane, host_id, create(str(uuid.uuid4()), "spare/1")
+        )
+
+    assert answer.exit_code == ExitCode.SERVICE_NOT_READY
+    said = f"runtime {runtime!r} is not available: plugin {broken.plugin!r} "
+    assert answer.response.startswith(f"{said}({broken.distribution} 0.3): ")
+    for reason in broken.reasons:
+        assert reason in answer.response
 
 
 class Recorder:

@@ -18,7 +18,7 @@ from ._catalogue import Catalogue
 from ._config import AgentConfig
 from ._credentials import Credentials
 from ._dispatch import Dispatcher
-from ._errors import ConfigError, ExitCode
+from ._errors import ConfigError, ExitCode, PluginError
 from ._hostinfo import host_info
 from ._lock import exclusive
 from ._messages import command_result, host_update, node_update
@@ -52,18 +52,13 @@ async def load_runtimes(
     unavailable: dict[str, str] = {}
     for name in sorted(wanted):
         try:
-            runtime = plugins.runtime_class(name)(
-                RuntimeContext(
-                    host_id=host_id,
-                    data_dir=config.data_dir / "runtimes" / name,
-                    settings=config.runtimes.get(name, {}),
-                )
+            runtime = await _build(config, host_id, plugins, name)
+        except PluginError as exc:  # one runtime failing leaves the others running
+            unavailable[name] = str(exc)
+            # The traceback of a constructor's bug is for the plugin's author.
+            log.error(
+                "runtime %r cannot be used: %s", name, exc, exc_info=exc.__cause__
             )
-        except ConfigError:  # the operator's table for it is wrong: say so now
-            raise
-        except Exception as exc:  # one runtime failing leaves the others running
-            unavailable[name] = _why_missing(plugins, name, exc)
-            log.error("runtime %r cannot be used: %s", name, unavailable[name])
             continue
         try:
             await runtime.check()
@@ -73,9 +68,23 @@ async def load_runtimes(
     return runtimes, unavailable
 
 
-def _why_missing(plugins: PluginManager, name: str, exc: Exception) -> str:
-    failed = [str(p) for p in plugins.failures if p.name == name]
-    return "; ".join(failed) or str(exc)
+async def _build(
+    config: AgentConfig, host_id: str, plugins: PluginManager, name: str
+) -> Runtime:
+    """Build runtime ``name``, its data directory made first, for it alone."""
+    plugins.runtime_class(name)  # raises for an absent one before anything is made
+    context = RuntimeContext(
+        host_id=host_id,
+        data_dir=config.data_dir / "runtimes" / name,
+        settings=config.runtimes.get(name, {}),
+    )
+    try:
+        await anyio.Path(context.data_dir).mkdir(
+            mode=0o700, parents=True, exist_ok=True
+        )
+    except OSError as exc:
+        raise PluginError(f"its data directory cannot be made: {exc}") from exc
+    return plugins.build(name, context)
 
 
 def _check_runtime(name: str, plugins: PluginManager) -> None:
@@ -270,8 +279,8 @@ class Agent:
         assert self.reconciler is not None
         try:
             await self.reconciler.follow(runtime)
-        except Exception:  # the periodic passes still cover this runtime
-            log.exception("the event feed of runtime %r failed", runtime.name)
+        except Exception:  # a bug; the periodic passes still cover the runtime
+            log.exception("following the events of runtime %r stopped", runtime.name)
 
     async def _heartbeat(self) -> None:
         self._emit(host_update(await self._host_info()))

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import anyio
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ._agent import Agent
@@ -108,9 +109,18 @@ async def _watch_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
 
 @agent.command("plugins")
 def plugins_command() -> None:
-    """List the runtimes that plugins provide, and plugins that failed."""
+    """List the runtimes and observers plugins provide, and plugins that failed."""
     plugins = PluginManager()
     plugins.load_entry_points()
+    out = console()
+    out.print(_runtime_table(plugins))
+    for line in _plugin_lines(plugins):
+        out.print(line, markup=True, highlight=False)
+    if plugins.failures:
+        raise SystemExit(1)
+
+
+def _runtime_table(plugins: PluginManager) -> Table:
     table = Table(
         "runtime", "class", "contract", "snapshot", "upgrade", "exec", "protocol"
     )
@@ -125,12 +135,23 @@ def plugins_command() -> None:
                 for flag in (caps.snapshot, caps.upgrade, caps.exec, caps.protocol)
             ),
         )
-    out = console()
-    out.print(table)
-    for failure in plugins.failures:
-        out.print(f"[red]failed:[/red] {failure}", markup=True, highlight=False)
-    if plugins.failures:
-        raise SystemExit(1)
+    return table
+
+
+def _plugin_lines(plugins: PluginManager) -> list[str]:
+    """A line for each plugin the table leaves out, the failed ones last."""
+    lines = []
+    for plugin in plugins.plugins:
+        text = escape(str(plugin))
+        if plugin.observes and not plugin.errors:
+            lines.append(f"observer: {text} ({', '.join(plugin.observes)})")
+        elif not plugin.runtimes and not plugin.errors:
+            lines.append(
+                f"[yellow]unused:[/yellow] {text}, but it provides no "
+                "runtime and implements no hook"
+            )
+    failed = [f"[red]failed:[/red] {escape(str(p))}" for p in plugins.failures]
+    return lines + failed
 
 
 @agent.command("nodes")

@@ -16,6 +16,10 @@ There are two kinds of hook:
   fact. They may be plain functions or coroutine functions; the agent does
   not wait for them, and what they return is ignored. An observer that
   raises is logged and not called again; the agent carries on.
+
+A function marked ``@hookimpl`` whose name is not one of these hooks (a
+misspelling) makes the whole plugin fail to load, as a hook with an
+argument its spec lacks does.
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ hookimpl = pluggy.HookimplMarker("nodevisor")
 def nodevisor_runtimes() -> list[type[Runtime]]:
     """Return the runtime classes this plugin provides.
 
-    Called once, when the agent loads its plugins. Each class must subclass
-    ``nodevisor.Runtime``, set a ``name`` that no other runtime uses and a
-    ``contract_version`` equal to ``nodevisor.CONTRACT_VERSION``, and
-    implement every abstract method. A class that does not fit is refused
+    Called once, when the agent loads its plugins; a plain function, not a
+    coroutine function. Each class must subclass ``nodevisor.Runtime``, set a
+    ``name`` that no other runtime uses (1 to 32 lowercase letters, digits,
+    ``-`` and ``_``, starting with a letter), a ``contract_version`` equal to
+    ``nodevisor.CONTRACT_VERSION`` and ``capabilities`` that are a
+    ``nodevisor.Capabilities``, and implement every abstract method, each
+    contract method as an ``async def``. A class that does not fit is refused
     and reported; the plugin's other classes still load. The agent builds an
     instance only of the runtimes that config selects or that existing nodes
     use.

@@ -145,7 +145,12 @@ class ProtocolStatus:
 
 @dataclass(frozen=True)
 class RuntimeContext:
-    """What the agent hands a runtime when it builds one."""
+    """What the agent hands a runtime when it builds one.
+
+    The agent makes ``data_dir`` (``<agent data_dir>/runtimes/<name>``, mode
+    0700 when new) before it builds the runtime, so that the constructor and
+    every method find it there.
+    """
 
     host_id: str
     #: A directory that belongs to this runtime alone, for its own files.
@@ -158,16 +163,21 @@ class Runtime(abc.ABC):
     """The base class of every runtime.
 
     Subclass it, set ``name`` and ``capabilities``, and implement the
-    abstract methods. Methods are coroutines; a runtime whose SDK blocks runs
+    abstract methods. Every method but ``changes`` (which returns the feed)
+    is a coroutine, an ``async def``: the agent refuses a class that defines
+    one as a plain function. A runtime whose SDK blocks runs
     its calls in worker threads (``anyio.to_thread.run_sync``), never on the
     event loop. Raise ``RuntimeFailure`` with a message that names the node
     and what went wrong; chain the SDK's error as the cause.
     """
 
-    #: The name operators use for this runtime in config, e.g. ``docker``.
+    #: The name operators use for this runtime in config, e.g. ``docker``:
+    #: 1 to 32 lowercase letters, digits, ``-`` and ``_``, starting with a
+    #: letter, for it also names the runtime's data directory.
     name: ClassVar[str]
     #: The contract version the runtime was built for.
     contract_version: ClassVar[int] = CONTRACT_VERSION
+    #: What it can do; a ``Capabilities``, or the agent refuses the class.
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, context: RuntimeContext) -> None:
