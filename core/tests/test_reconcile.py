@@ -1,6 +1,7 @@
 """The reconciler on the memory runtime: convergence, backoff, adoption."""
 
 import json
+import logging
 import uuid
 
 import anyio
@@ -378,3 +379,67 @@ async def test_a_node_whose_runtime_failed_to_load_says_so(
     manager.runtimes["memory"] = memory
     await manager.mark_unmanaged()
     assert reports[-1].id == new_id and reports[-1].failure is None
+
+
+async def hiccup(n: int):
+    """An event feed that breaks at once, as an engine's may."""
+    raise RuntimeError(f"engine hiccup {n}")
+    yield  # an async generator: it breaks when it is read
+
+
+def feed_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("the event feed of")
+    ]
+
+
+async def test_an_event_feed_that_fails_is_asked_for_again_ever_later(
+    reconciler, manager, memory, new_id, caplog
+):
+    """Each failure is logged once, and the next changes() waits twice as
+    long, up to MAX_DELAY; the feed that then works is followed."""
+    await running(manager, new_id)
+    reconciler.MAX_DELAY = 0.2  # first_delay is 0.05
+    send, receive = anyio.create_memory_object_stream[str](10)
+    calls = 0
+
+    def changes():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("engine hiccup 1")  # changes() itself fails
+        return hiccup(calls) if calls <= 4 else receive
+
+    memory.changes = changes
+    caplog.set_level(logging.WARNING, logger="nodevisor._reconcile")
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reconciler.follow, memory)
+        memory.set_state_out_of_band(new_id, NodeState.STOPPED)
+        await send.send(new_id)
+        await until_running(memory, new_id)
+        tasks.cancel_scope.cancel()
+    assert calls == 5
+    assert feed_warnings(caplog) == [
+        f"the event feed of runtime 'memory' failed: RuntimeError('engine "
+        f"hiccup {n}'); asking for it again in {delay}s"
+        for n, delay in [(1, 0.05), (2, 0.1), (3, 0.2), (4, 0.2)]
+    ]
+
+
+async def test_a_feed_asked_for_again_that_is_none_is_not_followed(
+    reconciler, memory, caplog
+):
+    calls = 0
+
+    def changes():
+        nonlocal calls
+        calls += 1
+        return hiccup(calls) if calls == 1 else None
+
+    memory.changes = changes
+    with anyio.fail_after(5):
+        await reconciler.follow(memory)  # returns: no feed to follow
+    assert calls == 2
+    assert len(feed_warnings(caplog)) == 1

@@ -105,7 +105,7 @@ class Reconciler:
                 failures = 1 if ran >= self.MAX_DELAY else failures + 1
                 delay = self._delay(failures)
                 log.warning(
-                    "the event feed of runtime %r %s; asking for it again in %.0fs",
+                    "the event feed of runtime %r %s; asking for it again in %gs",
                     runtime.name,
                     ended,
                     delay,
