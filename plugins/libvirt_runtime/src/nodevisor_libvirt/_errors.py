@@ -1,8 +1,9 @@
 """libvirt errors translated into nodevisor's, at the boundary.
 
 ``libvirt.libvirtError`` becomes ``RuntimeFailure`` with the cause chained
-and a message that says what was being done; an unreachable libvirtd is
-named as such, with the URI.
+and a message that says what was being done. A libvirtd that cannot be
+reached is ``RuntimeUnavailable``, named as such with the URI, so that the
+agent waits for it rather than counting the failure against the nodes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from contextlib import contextmanager
 
 import libvirt
 
-from nodevisor import RuntimeFailure
+from nodevisor import RuntimeFailure, RuntimeUnavailable
 
 __all__ = ["is_no_domain", "translated"]
 
 _log = logging.getLogger(__name__)
+#: Where libvirt raises an error about the connection to libvirtd itself:
+#: its remote driver, or its RPC layer (a socket that cannot be connected).
+_FROM_THE_WIRE = frozenset({libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC})
 _UNREACHABLE = frozenset(
     {
         libvirt.VIR_ERR_NO_CONNECT,
@@ -43,15 +47,12 @@ def translated(what: str, uri: str) -> Iterator[None]:
         raise
     except libvirt.libvirtError as exc:
         _log.debug("%s: failed", what, exc_info=True)
-        raise RuntimeFailure(_message(what, uri, exc)) from exc
-
-
-def _message(what: str, uri: str, exc: libvirt.libvirtError) -> str:
-    text = exc.get_error_message() or str(exc)
-    code = exc.get_error_code()
-    if code in _UNREACHABLE and exc.get_error_domain() == libvirt.VIR_FROM_REMOTE:
-        return (
-            f"failed to {what}: cannot reach libvirtd at {uri!r}: is libvirtd "
-            f"running? ({text})"
-        )
-    return f"failed to {what}: {text} (libvirt error {code})"
+        text = exc.get_error_message() or str(exc)
+        code = exc.get_error_code()
+        if code in _UNREACHABLE and exc.get_error_domain() in _FROM_THE_WIRE:
+            raise RuntimeUnavailable(
+                f"failed to {what}: cannot reach libvirtd at {uri!r}: is libvirtd "
+                f"running? ({text})"
+            ) from exc
+        failed = f"failed to {what}: {text} (libvirt error {code})"
+        raise RuntimeFailure(failed) from exc
