@@ -1,8 +1,9 @@
 """The reference runtime passes the conformance kit.
 
 MemoryRuntime declares no exec capability, so the exec checks skip, saying
-so; its harness reaches the nodes' "data" and removes nodes out of band
-through the runtime's own test helpers instead.
+so; its harness reaches the nodes' "data", and removes and stops nodes out
+of band, through the runtime's own test helpers instead. It has no engine to
+be out of reach, so that check skips too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nodevisor import NodeSpec, Runtime
+from nodevisor import NodeSpec, NodeState, Runtime
 from nodevisor.conformance import ConformanceSuite, Harness
 from nodevisor.testing import MemoryRuntime
 
@@ -36,6 +37,10 @@ class MemoryHarness(Harness):
     async def remove_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
         assert isinstance(runtime, MemoryRuntime)
         runtime.remove_out_of_band(spec.id)
+
+    async def stop_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
+        assert isinstance(runtime, MemoryRuntime)
+        runtime.set_state_out_of_band(spec.id, NodeState.STOPPED)
 
 
 class TestMemoryRuntime(ConformanceSuite):

@@ -25,13 +25,16 @@ pytestmark = pytest.mark.docker
 
 IMAGES = ("nodevisor/litecoin-regtest:0.21.2-1", "nodevisor/litecoin-regtest:0.21.2-2")
 HOST_LABEL = "io.nodevisor.host-id"
+# A socket no engine listens on.
+UNREACHABLE = "unix:///nonexistent/nodevisor-conformance/docker.sock"
 # busybox's init (docker-init) forwards SIGTERM; the shell ignores it and
 # waits on a sleep it started with SIGTERM ignored as well.
 STUBBORN = ["sh", "-c", "trap '' TERM; busybox sleep 600 & wait"]
 
 
 class DockerHarness(Harness):
-    """Reads with the images' busybox; removes containers with docker-py."""
+    """Reads with the images' busybox; kills and removes containers with
+    docker-py."""
 
     async def read_data(
         self, runtime: Runtime, spec: NodeSpec, name: str
@@ -49,6 +52,16 @@ class DockerHarness(Harness):
                 client.close()
 
         await anyio.to_thread.run_sync(remove)
+
+    async def stop_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
+        def kill() -> None:
+            client = docker.from_env()
+            try:
+                client.containers.get(f"nodevisor-{spec.id}").kill()
+            finally:
+                client.close()
+
+        await anyio.to_thread.run_sync(kill)
 
 
 def _owned(client: docker.DockerClient) -> set[str]:
@@ -87,4 +100,5 @@ class TestDockerRuntime(ConformanceSuite):
                 "grace_period": 5,
             },
             stubborn_node={"command": STUBBORN, "grace_period": 2},
+            unreachable_settings={"base_url": UNREACHABLE},
         )

@@ -157,6 +157,9 @@ class LibvirtHarness(Harness):
     async def remove_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
         await anyio.to_thread.run_sync(remove_with_libvirt, self.uri, spec.id)
 
+    async def stop_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
+        await anyio.to_thread.run_sync(destroy_with_libvirt, self.uri, spec.id)
+
 
 def remove_with_libvirt(uri: str, node_id: str) -> None:
     """Destroy and undefine a node's domain as an operator would."""
@@ -169,6 +172,17 @@ def remove_with_libvirt(uri: str, node_id: str) -> None:
         return
     for verb in ("destroy", "undefine"):
         subprocess.run(["virsh", "-q", "-c", uri, verb, name], check=False, timeout=60)
+
+
+def destroy_with_libvirt(uri: str, node_id: str) -> None:
+    """Pull the plug on a node's running domain, as a crash of QEMU would."""
+    name = f"nodevisor-{node_id}"
+    if uri == TEST_URI:
+        conn = libvirt.open(uri)
+        conn.lookupByName(name).destroy()
+        conn.close()
+        return
+    subprocess.run(["virsh", "-q", "-c", uri, "destroy", name], check=True, timeout=60)
 
 
 def _disk(runtime: Runtime, spec: NodeSpec) -> Path:

@@ -11,6 +11,9 @@ from nodevisor_libvirt import LibvirtRuntime
 
 from .conftest import SYSTEM_URI, TEST_URI, LibvirtHarness, sweep
 
+# A libvirtd socket that nothing listens on.
+UNREACHABLE = {"uri": "qemu:///system?socket=/nonexistent/nodevisor/libvirt-sock"}
+
 
 class TestOnTheTestDriver(ConformanceSuite):
     """Fast: domains live in libvirt's memory; nothing boots."""
@@ -24,6 +27,7 @@ class TestOnTheTestDriver(ConformanceSuite):
             settings={"uri": TEST_URI, "data_disk_mib": 16},
             images=(str(first), str(second)),
             node={"grace_period": 5, "options": {"kernel": str(kernel)}},
+            unreachable_settings=UNREACHABLE,
         )
         yield harness
         sweep(TEST_URI, tmp_path)
@@ -46,6 +50,7 @@ class TestOnQemu(ConformanceSuite):
             ),
             node={"grace_period": 30, "options": options},
             stubborn_node={"grace_period": 3, "options": stubborn},
+            unreachable_settings=UNREACHABLE,
         )
         harness.uri = SYSTEM_URI
         return harness

@@ -50,6 +50,18 @@ The harness
     ``NodeSpec`` field changes that make a node ignore its stop signal, for
     the grace-period check, for example a command that traps SIGTERM and a
     grace period of 2 seconds. ``None`` (the default) skips that check.
+``unreachable_settings``
+    ``settings`` that point the runtime at an engine that does not answer,
+    for example a socket path nothing listens on. ``None`` (the default)
+    skips that check; a runtime with no engine of its own leaves it out.
+``timeout``
+    Seconds any one call of the runtime, or of a harness coroutine, may
+    take (60 by default). A call that overruns it fails the check with a
+    message naming the method and the node, instead of hanging the run.
+``margin``
+    Seconds a ``stop`` may take past the node's grace period, and an
+    ``exec`` past its own timeout (5 by default): the time to kill and to
+    answer. Widen it on a slow machine.
 
 Subclass ``Harness`` to override these coroutines; the defaults use
 ``Runtime.exec`` and skip the check, naming the method, when the runtime
@@ -67,6 +79,9 @@ declares no exec capability:
 ``remove_out_of_band(runtime, spec)``
     Remove the node behind the runtime's back, as an operator with the
     engine's own tools would. The default skips the check.
+``stop_out_of_band(runtime, spec)``
+    Kill the running node behind the runtime's back, as a crash would
+    (``docker kill``, ``virsh destroy``). The default skips the check.
 
 The checks
 ----------
@@ -88,7 +103,14 @@ skip saying "runtime 'x' declares no snapshot capability", never a pass.
 - Data written before an upgrade is read back after it; after delete, a
   node re-created with the same id has none of it.
 - A node removed out of band is absent from ``inspect`` and
-  ``list_nodes``, and deleting it still succeeds.
+  ``list_nodes``, and deleting it still succeeds. A node killed out of
+  band is ``STOPPED`` in both, and a ``start`` brings it back.
+- With its engine out of reach, ``check`` and ``list_nodes`` raise
+  ``RuntimeUnavailable`` with a message: the agent then waits for the
+  engine instead of giving up on its nodes.
+- What ``inspect`` and ``list_nodes`` return has the contract's form: a
+  ``RuntimeNode`` of the node asked for, ``RUNNING`` or ``STOPPED``, or
+  ``None`` for a node that does not exist.
 - A fresh runtime instance with the same context (an agent restart) lists
   and inspects the nodes the previous one created, and stops and deletes
   them.

@@ -3,15 +3,21 @@
 The bench writes a catalogue from the harness, builds runtimes and a real
 ``NodeManager`` around them, hands out node ids, and deletes every node it
 handed out when the check ends, pass or fail.
+
+Every contract method of a runtime the bench builds, and every hook of the
+harness it calls, has a deadline (see ``_bound``): a call that overruns it
+fails the check, naming the method and the node, instead of hanging it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -22,6 +28,7 @@ from .._catalogue import Catalogue
 from .._nodes import NodeManager
 from .._runtime import NodeSpec, Runtime, RuntimeContext
 from .._store import NodeRecord, Store, StoreRunner
+from ._bound import bounded
 from ._harness import Harness
 from ._toml import toml_value
 
@@ -31,6 +38,25 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "conformance"
 VERSIONS = ("1", "2")
+#: The methods of ``Runtime`` that the bench gives a deadline.
+BOUNDED = (
+    "check",
+    "prepare",
+    "create",
+    "start",
+    "stop",
+    "upgrade",
+    "snapshot",
+    "exec",
+    "protocol_status",
+    "protocol_command",
+    "delete",
+    "inspect",
+    "list_nodes",
+    "aclose",
+)
+
+T = TypeVar("T")
 
 
 class Bench:
@@ -41,6 +67,7 @@ class Bench:
         self.root = root
         self.host_id = _new_host_id()
         self._runtimes: list[Runtime] = []
+        self._closed: set[int] = set()
         self.runtime = self.open_runtime()
         self.catalogue = Catalogue.load([_write_catalogue(harness, root, self.name)])
         self.reports: list[NodeRecord] = []
@@ -54,16 +81,88 @@ class Bench:
         """The runtime's name, as the catalogue and messages use it."""
         return self.harness.runtime_class.name
 
-    def open_runtime(self, host_id: str | None = None) -> Runtime:
-        """A runtime instance for ``host_id`` (the bench's own by default)."""
+    def open_runtime(
+        self, host_id: str | None = None, settings: Mapping[str, Any] | None = None
+    ) -> Runtime:
+        """A runtime instance for ``host_id`` (the bench's own by default).
+
+        ``settings`` replace the harness's settings.
+        """
         context = RuntimeContext(
             host_id=host_id or self.host_id,
             data_dir=self.harness.data_dir,
-            settings=self.harness.settings,
+            settings=self.harness.settings if settings is None else settings,
         )
         runtime = self.harness.runtime_class(context)
+        for method in BOUNDED:
+            setattr(runtime, method, self._bound(runtime, method))
         self._runtimes.append(runtime)
         return runtime
+
+    def _bound(self, runtime: Runtime, method: str) -> Callable[..., Any]:
+        call = getattr(runtime, method)
+        about = f"{method}() of runtime {runtime.name!r}"
+
+        @functools.wraps(call)
+        async def bounded_call(*args: Any, **kwargs: Any) -> Any:
+            if method == "aclose":
+                self._closed.add(id(runtime))
+            seconds, why = self._limit(method, args)
+            what = f"{about}{_on(args, runtime)}"
+            return await bounded(call(*args, **kwargs), seconds, what, why)
+
+        return bounded_call
+
+    def _limit(self, method: str, args: tuple[Any, ...]) -> tuple[float, str]:
+        """How long a call may take, and why, for the failure message."""
+        margin = self.harness.margin
+        if method == "stop" and args:
+            grace = args[0].grace_period
+            why = (
+                f"the node's grace period of {grace:g}s plus Harness.margin of "
+                f"{margin:g}s: a stop kills the node once its grace period is over"
+            )
+            return grace + margin, why
+        if method == "exec" and len(args) >= 3:
+            why = (
+                f"its timeout of {args[2]:g}s plus Harness.margin of {margin:g}s: "
+                "an exec gives up on the command at its timeout"
+            )
+            return args[2] + margin, why
+        return self.harness.timeout, f"Harness.timeout is {self.harness.timeout:g}s"
+
+    async def write_data(
+        self, runtime: Runtime, spec: NodeSpec, name: str, content: str
+    ) -> None:
+        """``Harness.write_data``, with the kit's deadline."""
+        call = self.harness.write_data(runtime, spec, name, content)
+        await self._hook("write_data", spec, call)
+
+    async def read_data(
+        self, runtime: Runtime, spec: NodeSpec, name: str
+    ) -> str | None:
+        """``Harness.read_data``, with the kit's deadline."""
+        call = self.harness.read_data(runtime, spec, name)
+        return await self._hook("read_data", spec, call)
+
+    async def remove_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
+        """``Harness.remove_out_of_band``, with the kit's deadline."""
+        call = self.harness.remove_out_of_band(runtime, spec)
+        await self._hook("remove_out_of_band", spec, call)
+
+    async def stop_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
+        """``Harness.stop_out_of_band``, with the kit's deadline."""
+        call = self.harness.stop_out_of_band(runtime, spec)
+        await self._hook("stop_out_of_band", spec, call)
+
+    async def _hook(self, method: str, spec: NodeSpec, call: Awaitable[T]) -> T:
+        what = f"Harness.{method} for node {spec.id}"
+        why = f"Harness.timeout is {self.harness.timeout:g}s"
+        return await bounded(call, self.harness.timeout, what, why)
+
+    def closed(self, runtime: Runtime) -> bool:
+        """Whether ``runtime.aclose()`` was called."""
+        return id(runtime) in self._closed
 
     def new_host_id(self) -> str:
         """Another unique host id, for a second host sharing the engine."""
@@ -109,9 +208,10 @@ class Bench:
     async def aclose(self) -> None:
         """Delete every node handed out, close the runtimes and the store."""
         with anyio.CancelScope(shield=True):
-            for runtime in self._runtimes:
+            open_ = [r for r in self._runtimes if not self.closed(r)]
+            for runtime in open_:
                 await _delete_all(runtime, self._node_ids)
-            for runtime in self._runtimes:
+            for runtime in open_:
                 await _close(runtime)
             if self._store is not None:
                 await anyio.to_thread.run_sync(self._store.close)
@@ -132,6 +232,14 @@ def upgrade_message(version: str = "2") -> node_pb2.NodeUpgrade:
 def node_name(node_id: str) -> str:
     """The name the kit gives a node."""
     return f"conformance-{node_id[:8]}"
+
+
+def _on(args: tuple[Any, ...], runtime: Runtime) -> str:
+    """Which node a call is about, from its first argument: spec or id."""
+    if not args:
+        return f" for host {runtime.context.host_id}"
+    node_id = getattr(args[0], "id", args[0])
+    return f" on node {node_id}"
 
 
 def _new_host_id() -> str:

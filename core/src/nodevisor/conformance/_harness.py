@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,11 +51,23 @@ class Harness:
     #: ``NodeSpec`` field changes that make a node ignore its stop signal;
     #: ``None`` skips the grace-period check.
     stubborn_node: Mapping[str, Any] | None = None
+    #: ``RuntimeContext.settings`` that point the runtime at an engine that
+    #: does not answer; ``None`` skips the unreachable-engine check.
+    unreachable_settings: Mapping[str, Any] | None = None
+    #: Seconds any one call of the runtime (or of a hook of this harness) may
+    #: take before the check fails naming it; ``stop`` and ``exec`` have
+    #: their own limits (see ``margin``).
+    timeout: float = 60.0
+    #: Seconds a stop may take past the node's grace period, and an exec past
+    #: its timeout: the time to kill and to answer. Widen it on a slow machine.
+    margin: float = 5.0
 
     def __post_init__(self) -> None:
         _check_images(self.images)
         _check_fields("node", self.node)
         _check_fields("stubborn_node", self.stubborn_node or {})
+        _check_seconds("timeout", self.timeout)
+        _check_seconds("margin", self.margin)
 
     async def write_data(
         self, runtime: Runtime, spec: NodeSpec, name: str, content: str
@@ -79,10 +92,17 @@ class Harness:
 
     async def remove_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
         """Remove the node behind the runtime's back, as an operator might."""
-        pytest.skip(
-            f"the harness of runtime {runtime.name!r} does not override "
-            "Harness.remove_out_of_band"
-        )
+        _not_overridden(runtime, "remove_out_of_band")
+
+    async def stop_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
+        """Kill the running node behind the runtime's back, as a crash would."""
+        _not_overridden(runtime, "stop_out_of_band")
+
+
+def _not_overridden(runtime: Runtime, method: str) -> None:
+    pytest.skip(
+        f"the harness of runtime {runtime.name!r} does not override Harness.{method}"
+    )
 
 
 async def _exec(
@@ -103,6 +123,14 @@ def _check_images(images: tuple[str, str]) -> None:
     if images[0] == images[1]:
         raise ValueError(
             f"Harness.images must differ for the upgrade checks, got {images!r}"
+        )
+
+
+def _check_seconds(what: str, value: object) -> None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not 0 < value < math.inf:  # type: ignore[operator]
+        raise ValueError(
+            f"Harness.{what} must be a positive number of seconds, got {value!r}"
         )
 
 

@@ -10,9 +10,19 @@ from typing import ClassVar
 
 import pytest
 
-from .._errors import Conflict, ImageUnavailable, RuntimeFailure
-from .._runtime import NodeSpec, NodeState, Runtime
+from .._errors import Conflict, ImageUnavailable, RuntimeFailure, RuntimeUnavailable
+from .._runtime import NodeState
 from ._bench import Bench, create_message, node_name, upgrade_message
+from ._common import (
+    DATA_FILE,
+    failure,
+    found,
+    ids,
+    require_hook,
+    running,
+    skip_without,
+    state,
+)
 from ._harness import Harness
 
 __all__ = ["ConformanceSuite"]
@@ -26,23 +36,6 @@ _SNAPSHOT = ["Snapshotting", "Starting", "Running"]
 # Shell words that a runtime passing argv through a shell would mangle.
 _AWKWARD = 'it\'s $HOME; `true` | * "quoted" \\'
 _EXEC_TIMEOUT = 30.0
-
-
-def _skip_without(runtime: Runtime, capability: str) -> None:
-    if not getattr(runtime.capabilities, capability):
-        pytest.skip(f"runtime {runtime.name!r} declares no {capability} capability")
-
-
-async def _state(runtime: Runtime, node_id: str) -> NodeState:
-    found = await runtime.inspect(node_id)
-    return NodeState.ABSENT if found is None else found.state
-
-
-async def _running(runtime: Runtime, spec: NodeSpec) -> NodeSpec:
-    await runtime.prepare(spec)
-    await runtime.create(spec)
-    await runtime.start(spec)
-    return spec
 
 
 class ConformanceSuite:
@@ -78,12 +71,12 @@ class ConformanceSuite:
         manager, node_id = bench.manager, bench.new_id()
 
         await manager.create(node_id, create_message(node_name(node_id)))
-        created = await _state(runtime, node_id)
+        created = await state(runtime, node_id)
         await manager.start(node_id)
-        started = await _state(runtime, node_id)
+        started = await state(runtime, node_id)
         await manager.restart(node_id)
         await manager.stop(node_id)
-        stopped = await _state(runtime, node_id)
+        stopped = await state(runtime, node_id)
         await manager.delete(node_id)
 
         assert (created, started, stopped) == (
@@ -93,17 +86,17 @@ class ConformanceSuite:
         )
         expected = _CREATE + _START + _STOP + _START + _STOP + _DELETE
         assert bench.statuses(node_id) == expected
-        assert await runtime.inspect(node_id) is None
+        assert await found(runtime, node_id) is None
 
     async def test_upgrade_reports_each_status(self, conformance_bench: Bench):
         bench, runtime = conformance_bench, conformance_bench.runtime
-        _skip_without(runtime, "upgrade")
+        skip_without(runtime, "upgrade")
         manager, node_id = bench.manager, bench.new_id()
 
         await manager.create(node_id, create_message(node_name(node_id)))
         await manager.start(node_id)
         await manager.upgrade(node_id, upgrade_message())
-        upgraded = await runtime.inspect(node_id)
+        upgraded = await found(runtime, node_id)
         await manager.delete(node_id)
 
         assert upgraded is not None
@@ -116,12 +109,12 @@ class ConformanceSuite:
 
     async def test_snapshot_reports_each_status(self, conformance_bench: Bench):
         bench, runtime = conformance_bench, conformance_bench.runtime
-        _skip_without(runtime, "snapshot")
+        skip_without(runtime, "snapshot")
         manager, node_id = bench.manager, bench.new_id()
 
         await manager.create(node_id, create_message(node_name(node_id)))
         await manager.snapshot(node_id)
-        after = await _state(runtime, node_id)
+        after = await state(runtime, node_id)
 
         assert bench.statuses(node_id) == _CREATE + _SNAPSHOT
         assert after is NodeState.RUNNING
@@ -138,7 +131,7 @@ class ConformanceSuite:
             await manager.create(second, create_message(name))
 
         assert bench.statuses(second) == []
-        assert await bench.runtime.inspect(second) is None
+        assert await found(bench.runtime, second) is None
 
     async def test_create_of_an_existing_id_makes_no_second_node(
         self, conformance_bench: Bench
@@ -151,38 +144,38 @@ class ConformanceSuite:
         await runtime.create(bench.spec(node_id=node_id))
 
         assert "exists already" in again
-        assert [n.id for n in await runtime.list_nodes()] == [node_id]
+        assert await ids(runtime) == [node_id]
 
     # every step may be repeated
 
     async def test_start_of_a_running_node_succeeds(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
-        spec = await _running(runtime, conformance_bench.spec())
+        spec = await running(runtime, conformance_bench.spec())
 
         await runtime.start(spec)
 
-        assert await _state(runtime, spec.id) is NodeState.RUNNING
+        assert await state(runtime, spec.id) is NodeState.RUNNING
 
     async def test_stop_twice_succeeds(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
-        spec = await _running(runtime, conformance_bench.spec())
+        spec = await running(runtime, conformance_bench.spec())
 
         first = await runtime.stop(spec)
         second = await runtime.stop(spec)
 
         assert first.clean, f"a normal node stopped uncleanly: {first.detail}"
         assert second.clean
-        assert await _state(runtime, spec.id) is NodeState.STOPPED
+        assert await state(runtime, spec.id) is NodeState.STOPPED
 
     async def test_delete_twice_succeeds(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
-        spec = await _running(runtime, conformance_bench.spec())
+        spec = await running(runtime, conformance_bench.spec())
 
         await runtime.delete(spec.id)
         await runtime.delete(spec.id)
 
-        assert await runtime.inspect(spec.id) is None
-        assert await runtime.list_nodes() == []
+        assert await found(runtime, spec.id) is None
+        assert await ids(runtime) == []
 
     async def test_delete_of_an_unknown_node_succeeds(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
@@ -190,7 +183,7 @@ class ConformanceSuite:
 
         await runtime.delete(node_id)
 
-        assert await runtime.inspect(node_id) is None
+        assert await found(runtime, node_id) is None
 
     # chain data
 
@@ -198,21 +191,21 @@ class ConformanceSuite:
         self, conformance_bench: Bench
     ):
         bench, runtime = conformance_bench, conformance_bench.runtime
-        _skip_without(runtime, "upgrade")
-        harness, manager = bench.harness, bench.manager
+        skip_without(runtime, "upgrade")
+        manager = bench.manager
         node_id, marker = bench.new_id(), f"marker {uuid.uuid4()}"
         await manager.create(node_id, create_message(node_name(node_id)))
         await manager.start(node_id)
         spec = bench.spec(node_id=node_id)
 
-        await harness.write_data(runtime, spec, "conformance.txt", marker)
-        before = await harness.read_data(runtime, spec, "conformance.txt")
+        await bench.write_data(runtime, spec, DATA_FILE, marker)
+        before = await bench.read_data(runtime, spec, DATA_FILE)
         await manager.upgrade(node_id, upgrade_message())
         upgraded = bench.spec("2", node_id=node_id)
-        after = await harness.read_data(runtime, upgraded, "conformance.txt")
+        after = await bench.read_data(runtime, upgraded, DATA_FILE)
         await manager.delete(node_id)
-        await _running(runtime, spec)
-        recreated = await harness.read_data(runtime, spec, "conformance.txt")
+        await running(runtime, spec)
+        recreated = await bench.read_data(runtime, spec, DATA_FILE)
 
         assert before == marker, "the harness cannot read back what it wrote"
         assert after == marker, f"node {node_id} lost its data in the upgrade"
@@ -221,51 +214,96 @@ class ConformanceSuite:
     # what happens outside the runtime
 
     async def test_node_removed_out_of_band_is_absent(self, conformance_bench: Bench):
-        runtime = conformance_bench.runtime
-        spec = await _running(runtime, conformance_bench.spec())
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        require_hook(bench.harness, "remove_out_of_band")
+        spec = await running(runtime, bench.spec())
 
-        await conformance_bench.harness.remove_out_of_band(runtime, spec)
-        found = await runtime.inspect(spec.id)
-        listed = [n.id for n in await runtime.list_nodes()]
+        await bench.remove_out_of_band(runtime, spec)
+        after = await found(runtime, spec.id)
+        listed = await ids(runtime)
         await runtime.delete(spec.id)
 
-        assert found is None, f"inspect still finds the removed node: {found}"
-        assert spec.id not in listed
+        assert after is None, f"inspect still finds the removed node: {after}"
+        assert spec.id not in listed, "list_nodes still lists the removed node"
+
+    async def test_node_stopped_out_of_band_is_stopped(self, conformance_bench: Bench):
+        """A node that dies behind the runtime's back (its process or VM
+        killed) shows as stopped, and a start brings it back."""
+        bench, runtime = conformance_bench, conformance_bench.runtime
+        require_hook(bench.harness, "stop_out_of_band")
+        spec = await running(runtime, bench.spec())
+
+        await bench.stop_out_of_band(runtime, spec)
+        after = await state(runtime, spec.id)
+        listed = {node.id: node.state for node in await runtime.list_nodes()}
+        await runtime.start(spec)
+        again = await state(runtime, spec.id)
+
+        assert after is NodeState.STOPPED, (
+            f"node {spec.id} was killed out of band, but inspect says {after.name}"
+        )
+        assert listed.get(spec.id) is NodeState.STOPPED, (
+            f"node {spec.id} was killed out of band, but list_nodes says "
+            f"{listed.get(spec.id)}"
+        )
+        assert again is NodeState.RUNNING, "a start did not bring the node back"
 
     async def test_new_instance_adopts_the_nodes(self, conformance_bench: Bench):
         bench = conformance_bench
-        running = await _running(bench.runtime, bench.spec())
+        started = await running(bench.runtime, bench.spec())
         stopped = bench.spec()
         await bench.runtime.create(stopped)
 
         fresh = bench.open_runtime()
         listed = {n.id: n.state for n in await fresh.list_nodes()}
-        found = await fresh.inspect(running.id)
-        await fresh.stop(running)
+        adopted = await found(fresh, started.id)
+        await fresh.stop(started)
         await fresh.delete(stopped.id)
 
-        assert listed == {running.id: NodeState.RUNNING, stopped.id: NodeState.STOPPED}
-        assert found is not None
-        assert (found.id, found.name, found.image) == (
-            running.id,
-            running.name,
-            running.image,
+        assert listed == {started.id: NodeState.RUNNING, stopped.id: NodeState.STOPPED}
+        assert adopted is not None
+        assert (adopted.id, adopted.name, adopted.image) == (
+            started.id,
+            started.name,
+            started.image,
         )
-        assert await _state(bench.runtime, running.id) is NodeState.STOPPED
-        assert await bench.runtime.inspect(stopped.id) is None
+        assert await state(bench.runtime, started.id) is NodeState.STOPPED
+        assert await found(bench.runtime, stopped.id) is None
 
     async def test_list_nodes_shows_only_its_own_host(self, conformance_bench: Bench):
         bench = conformance_bench
-        spec = await _running(bench.runtime, bench.spec())
+        spec = await running(bench.runtime, bench.spec())
 
         other = bench.open_runtime(bench.new_host_id())
-        listed = await other.list_nodes()
-        found = await other.inspect(spec.id)
+        listed = await ids(other)
+        seen = await found(other, spec.id)
         await other.delete(spec.id)
 
         assert listed == [], f"another host's runtime lists {listed}"
-        assert found is None
-        assert await _state(bench.runtime, spec.id) is NodeState.RUNNING
+        assert seen is None, f"another host's runtime finds node {spec.id}: {seen}"
+        assert await state(bench.runtime, spec.id) is NodeState.RUNNING
+
+    async def test_an_unreachable_engine_is_unavailable(self, conformance_bench: Bench):
+        """With its engine out of reach, check() and list_nodes() raise
+        RuntimeUnavailable: the agent then waits for the engine instead of
+        giving up on the nodes."""
+        bench = conformance_bench
+        settings = bench.harness.unreachable_settings
+        if settings is None:
+            pytest.skip(
+                f"the harness of runtime {bench.name!r} sets no unreachable_settings"
+            )
+        runtime = bench.open_runtime(settings=settings)
+
+        checked = await failure(runtime.check())
+        listed = await failure(runtime.list_nodes())
+
+        for method, raised in (("check", checked), ("list_nodes", listed)):
+            assert isinstance(raised, RuntimeUnavailable), (
+                f"{method}() of runtime {bench.name!r} with its engine out of "
+                f"reach raised {raised!r}, not nodevisor.RuntimeUnavailable"
+            )
+            assert str(raised), f"{method}() raised RuntimeUnavailable with no message"
 
     # stop and the grace period
 
@@ -275,7 +313,7 @@ class ConformanceSuite:
             pytest.skip(
                 f"the harness of runtime {runtime.name!r} sets no stubborn_node"
             )
-        spec = await _running(runtime, bench.spec(**bench.harness.stubborn_node))
+        spec = await running(runtime, bench.spec(**bench.harness.stubborn_node))
 
         began = time.monotonic()
         outcome = await runtime.stop(spec)
@@ -287,7 +325,7 @@ class ConformanceSuite:
         )
         assert not outcome.clean, f"a killed node stopped cleanly: {outcome}"
         assert outcome.detail, "an unclean stop carries no detail"
-        assert await _state(runtime, spec.id) is NodeState.STOPPED
+        assert await state(runtime, spec.id) is NodeState.STOPPED
 
     # errors a person can act on
 
@@ -312,8 +350,8 @@ class ConformanceSuite:
 
     async def test_exec_passes_argv_without_a_shell(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
-        _skip_without(runtime, "exec")
-        spec = await _running(runtime, conformance_bench.spec())
+        skip_without(runtime, "exec")
+        spec = await running(runtime, conformance_bench.spec())
         argv = ["sh", "-c", 'printf "%s|%s" "$0" "$1"', _AWKWARD, "two words"]
 
         result = await runtime.exec(spec, argv, _EXEC_TIMEOUT)
@@ -322,8 +360,8 @@ class ConformanceSuite:
 
     async def test_exec_failure_is_a_result(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
-        _skip_without(runtime, "exec")
-        spec = await _running(runtime, conformance_bench.spec())
+        skip_without(runtime, "exec")
+        spec = await running(runtime, conformance_bench.spec())
         argv = ["sh", "-c", 'printf out; printf "%s" "$0" >&2; exit 3', "err"]
 
         result = await runtime.exec(spec, argv, _EXEC_TIMEOUT)
@@ -332,8 +370,8 @@ class ConformanceSuite:
 
     async def test_exec_past_its_timeout_fails(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
-        _skip_without(runtime, "exec")
-        spec = await _running(runtime, conformance_bench.spec())
+        skip_without(runtime, "exec")
+        spec = await running(runtime, conformance_bench.spec())
         spin = ["sh", "-c", "while :; do :; done"]
 
         began = time.monotonic()
@@ -346,8 +384,8 @@ class ConformanceSuite:
 
     async def test_exec_of_a_missing_program_fails(self, conformance_bench: Bench):
         runtime = conformance_bench.runtime
-        _skip_without(runtime, "exec")
-        spec = await _running(runtime, conformance_bench.spec())
+        skip_without(runtime, "exec")
+        spec = await running(runtime, conformance_bench.spec())
         program = f"no-such-program-{uuid.uuid4().hex[:8]}"
 
         with pytest.raises(RuntimeFailure) as raised:
