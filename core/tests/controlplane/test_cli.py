@@ -60,6 +60,60 @@ async def test_hosts_lists_the_host_and_its_status(
     assert "cli-host" in row and "online" in row
 
 
+async def test_hosts_says_below_the_table_why_each_plugin_failed(
+    cp: RunningControlPlane, open_agent: OpenAgent
+) -> None:
+    host_id, token = await cp.provision(name="cli-host")
+    agent = await open_agent(token)
+    plugins = [
+        host_pb2.PluginStatus(name="docker", distribution="nodevisor-docker"),
+        host_pb2.PluginStatus(
+            name="libvirt",
+            distribution="nodevisor-libvirt",
+            error="cannot connect to qemu:///system",
+        ),
+    ]
+    await agent.send(host=host_pb2.HostInfo(name="cli-host", plugins=plugins))
+    await agent.aclose()  # the update is recorded
+
+    code, out, _ = await run_cli(cp, "hosts")
+
+    assert code == 0
+    lines = out.splitlines()
+    [reason] = [line for line in lines if line.startswith("failed on")]
+    assert reason == (
+        f"failed on cli-host ({host_id}): plugin 'libvirt' (nodevisor-libvirt):"
+        " cannot connect to qemu:///system"
+    )
+    [row] = [line for line in lines if host_id in line and line != reason]
+    assert lines.index(reason) > lines.index(row)
+    assert "libvirt" in row and "docker" not in row
+
+
+async def test_a_listing_for_an_unknown_host_fails_with_1_naming_it(
+    cp: RunningControlPlane,
+) -> None:
+    unknown = str(uuid.uuid4())
+    for listing in ("nodes", "commands"):
+        code, _, err = await run_cli(cp, listing, "--host", unknown)
+        assert code == 1, (listing, err)
+        assert f"no host with id '{unknown}'" in err
+
+
+async def test_serve_on_a_data_dir_in_use_fails_in_one_line(
+    cp: RunningControlPlane,
+) -> None:
+    with anyio.fail_after(20):
+        code, _, err = await run_cli(
+            cp, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(cp.data_dir)
+        )
+
+    assert code == 1, err
+    assert f"another control plane (pid {os.getpid()})" in err
+    assert "Traceback" not in err
+    assert await cp.admin.list_hosts() == []
+
+
 async def test_send_prints_every_update_and_exits_with_the_result(
     cp: RunningControlPlane, open_agent: OpenAgent
 ) -> None:
@@ -139,6 +193,70 @@ def test_an_otp_ttl_out_of_range_is_refused(tmp_path: Path, ttl: str) -> None:
         "control-plane", "otp", "create", "--ttl", ttl, "--data-dir", str(tmp_path)
     )
     assert result.exit_code == 2 and "is not between 0 and" in result.output
+
+
+@pytest.mark.parametrize("listing", ["nodes", "commands"])
+def test_a_host_filter_that_is_not_a_uuid_is_a_usage_error(
+    tmp_path: Path, listing: str
+) -> None:
+    result = _invoke(
+        "control-plane", listing, "--host", "cli-host", "--data-dir", str(tmp_path)
+    )
+    assert result.exit_code == 2, result.output
+    assert "'--host'" in result.output and "'cli-host'" in result.output
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "2592001", "nan", "inf"])
+def test_a_send_timeout_out_of_range_is_refused(tmp_path: Path, timeout: str) -> None:
+    result = _invoke(
+        "control-plane",
+        "send",
+        "--host",
+        str(uuid.uuid4()),
+        "--data-dir",
+        str(tmp_path),
+        "--timeout",
+        timeout,
+        "start",
+        "--node",
+        str(uuid.uuid4()),
+    )
+    assert result.exit_code == 2, result.output
+    assert "'--timeout'" in result.output and "is not between 0 and" in result.output
+
+
+UNREACHABLE = ("--api", "127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hosts"],
+        ["nodes"],
+        ["nodes", "--host", str(uuid.uuid4())],
+        ["commands"],
+        ["otp", "create"],
+        # thirty days, the longest --timeout taken
+        ["send", "--host", str(uuid.uuid4()), "--timeout", "2592000"],
+    ],
+    ids=["hosts", "nodes", "nodes-of-a-host", "commands", "otp-create", "send"],
+)
+def test_every_client_command_exits_69_when_unreachable(
+    tmp_path: Path, args: list[str]
+) -> None:
+    from nodevisor.controlplane._tokens import ADMIN_TOKEN_FILE
+
+    (tmp_path / ADMIN_TOKEN_FILE).write_text("token")
+    options = [*UNREACHABLE, "--data-dir", str(tmp_path)]
+    if args[0] == "send":
+        args = [*args, *options, "start", "--node", str(uuid.uuid4())]
+    else:
+        args = [*args, *options]
+
+    result = _invoke("control-plane", *args)
+
+    assert result.exit_code == 69, result.output
+    assert "UNAVAILABLE" in result.output
 
 
 def test_send_to_an_unreachable_control_plane_exits_69(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 from nodevisor._outbox import MAX_MESSAGE_BYTES
-from nodevisor.controlplane import CommandTimeout, InvalidRequest
+from nodevisor.controlplane import CommandTimeout, InvalidRequest, NotFound
 from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
 
 pytestmark = pytest.mark.anyio
@@ -323,6 +323,42 @@ async def test_send_command_refuses_an_updates_received(
     with pytest.raises(InvalidRequest, match="not a command to queue"):
         async for _ in cp.admin.send_command(host_id, command, 5):
             pass
+
+
+@pytest.mark.parametrize("seconds", [0, -1])
+async def test_send_command_refuses_a_timeout_not_positive_before_queueing(
+    cp: RunningControlPlane, open_agent: OpenAgent, seconds: float
+) -> None:
+    """The caller would be told at once that it timed out while its command
+    ran all the same: nothing is queued, nothing reaches the agent."""
+    host_id, token = await cp.provision()
+    agent = await open_agent(token)
+    command = start(str(uuid.uuid4()))
+
+    with pytest.raises(InvalidRequest, match="the timeout must be positive"):
+        async for _ in cp.admin.send_command(host_id, command, seconds):
+            pass
+
+    assert await cp.admin.list_commands(host_id) == []
+    queued = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+    assert command_id(await agent.next_command()) == queued.id
+
+
+async def test_listing_for_an_id_that_is_no_hosts_is_refused(
+    cp: RunningControlPlane,
+) -> None:
+    """An unknown host is told from a host without nodes or commands."""
+    host_id, _ = await cp.provision()
+    unknown = str(uuid.uuid4())
+
+    with pytest.raises(NotFound, match=f"no host with id '{unknown}'"):
+        await cp.admin.list_nodes(unknown)
+    with pytest.raises(NotFound, match=f"no host with id '{unknown}'"):
+        await cp.admin.list_commands(unknown)
+    with pytest.raises(NotFound, match="no host with id 'not-a-uuid'"):
+        await cp.admin.list_commands_page("not-a-uuid", 1)
+    assert await cp.admin.list_nodes(host_id) == []
+    assert await cp.admin.list_commands(host_id) == []
 
 
 async def test_list_commands_pages_through_a_long_history(

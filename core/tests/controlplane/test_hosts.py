@@ -110,3 +110,20 @@ async def test_admin_calls_need_the_admin_token(cp: RunningControlPlane) -> None
         with pytest.raises(Unauthenticated, match="the admin token is wrong"):
             await admin.list_hosts()
     assert (cp.data_dir / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_wrong_admin_token_is_told_where_to_look_but_not_the_path(
+    cp: RunningControlPlane,
+) -> None:
+    """The refusal names the token's file, for the operator; where the data
+    dir is on the server is not for whoever sent the wrong token."""
+    from nodevisor.controlplane import AdminClient
+
+    async with AdminClient(cp.address, "wrong") as admin:
+        with pytest.raises(Unauthenticated) as caught:
+            await admin.create_otp()
+
+    message = str(caught.value)
+    assert "the admin token is wrong" in message and "'admin-token'" in message
+    assert str(cp.data_dir) not in message
+    assert str(cp.data_dir.parent) not in message

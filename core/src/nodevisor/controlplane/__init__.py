@@ -14,6 +14,8 @@ from ._db import CommandState, Database
 from ._errors import (
     CommandTimeout,
     ControlPlaneError,
+    DataDirLocked,
+    DataDirUnusable,
     InvalidRequest,
     NotFound,
     OtpRejected,
@@ -28,6 +30,8 @@ __all__ = [
     "CommandTimeout",
     "ControlPlane",
     "ControlPlaneError",
+    "DataDirLocked",
+    "DataDirUnusable",
     "Database",
     "InvalidRequest",
     "NotFound",

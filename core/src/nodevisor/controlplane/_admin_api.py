@@ -9,7 +9,6 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import grpc
@@ -40,16 +39,17 @@ DEFAULT_OTP_TTL = 3600.0
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Every call needs the admin token of the control plane's data dir."""
 
-    def __init__(self, db: Database, hub: Hub, admin_token: str, data_dir: Path):
-        self._db, self._hub = db, hub
-        self._admin_token, self._data_dir = admin_token, data_dir
+    def __init__(self, db: Database, hub: Hub, admin_token: str):
+        self._db, self._hub, self._admin_token = db, hub, admin_token
 
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         token = bearer_token(context.invocation_metadata())
         if not secrets.compare_digest(token.encode(), self._admin_token.encode()):
+            # Where the token lives on the server is none of an unknown
+            # caller's business; the operator knows the data dir.
             raise Unauthenticated(
-                "the admin token is wrong: use the one in"
-                f" {self._data_dir / ADMIN_TOKEN_FILE}"
+                "the admin token is wrong: the operator finds it in the file"
+                f" {ADMIN_TOKEN_FILE!r} in the control plane's data directory"
             )
 
     async def CreateOtp(
@@ -108,6 +108,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             timeout = math.inf
             if request.HasField("timeout"):
                 timeout = request.timeout.ToTimedelta().total_seconds()
+                # Refused before queueing: the command would run all the
+                # same while its caller is told at once that it timed out.
+                if timeout <= 0:
+                    raise InvalidRequest(
+                        f"the timeout must be positive, got {timeout:g}s; "
+                        "leave it out to wait for the result without limit"
+                    )
             # Watch before queueing, so that no early answer is missed; the
             # command gets its id first, so that the watch can name it.
             command, command_id = _prepared(request.command)

@@ -8,7 +8,7 @@ import logging
 import math
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,18 +32,26 @@ from ._server import serve as serve_forever
 __all__ = ["control_plane"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 # The exit status of `send` when no result came within --timeout (as timeout(1)),
-# and when the control plane could not be reached or went away (EX_UNAVAILABLE),
-# so that a script tells them from a command that failed.
+# and of every client command when the control plane could not be reached or
+# went away (EX_UNAVAILABLE), so that a script tells them from a command that
+# failed.
 TIMED_OUT = 124
 UNREACHABLE = 69
-_EXIT_FOR = {CommandTimeout: TIMED_OUT, Unavailable: UNREACHABLE}
+_EXIT_FOR: dict[type[ControlPlaneError], int] = {
+    CommandTimeout: TIMED_OUT,
+    Unavailable: UNREACHABLE,
+}
 
 STATUS = node_pb2.NodeInfo.ContainerStatus
 SYNC = node_pb2.NodeInfo.SyncStatus
 #: The longest a one-time password may stay valid: thirty days.
 MAX_TTL = 30 * 86400.0
+#: The longest `send` waits for a result when given a --timeout: thirty days
+#: (without one it waits as long as it takes).
+MAX_TIMEOUT = 30 * 86400.0
 
 data_dir_option = click.option(
     "--data-dir",
@@ -61,22 +69,33 @@ api_option = click.option(
 )
 
 
-def _run(main: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``main`` on asyncio; a control plane error ends the CLI with 1."""
+def _run(
+    main: Callable[..., Awaitable[T]],
+    *args: Any,
+    exit_for: Mapping[type[ControlPlaneError], int] | None = None,
+) -> T:
+    """Run ``main`` on asyncio; a control plane error ends the CLI in one line.
+
+    Its exit status is the one ``exit_for`` gives the error's class, or 1.
+    """
     try:
         return anyio.run(main, *args, backend="asyncio")
     except ControlPlaneError as exc:
-        raise click.ClickException(str(exc)) from exc
+        error = click.ClickException(str(exc))
+        error.exit_code = (exit_for or {}).get(type(exc), 1)
+        raise error from exc
 
 
 def _admin_call(
     api: str, data_dir: Path, call: Callable[[AdminClient], Awaitable[T]]
 ) -> T:
+    """``call`` on a client of the control plane: 69 when it cannot be reached."""
+
     async def main() -> T:
         async with AdminClient.for_data_dir(api, data_dir) as admin:
             return await call(admin)
 
-    return _run(main)
+    return _run(main, exit_for=_EXIT_FOR)
 
 
 def _when(stamp: Timestamp) -> str:
@@ -112,10 +131,19 @@ def otp() -> None:
     """One-time passwords that provision hosts."""
 
 
-def _sane_ttl(ctx: click.Context, param: click.Parameter, value: float) -> float:
-    if not math.isfinite(value) or not 0 < value <= MAX_TTL:
-        raise click.BadParameter(f"{value} is not between 0 and {MAX_TTL:g} seconds")
-    return value
+def _seconds_up_to(
+    limit: float,
+) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
+    """A click callback that refuses a number of seconds not in (0, limit]."""
+
+    def check(
+        ctx: click.Context, param: click.Parameter, value: float | None
+    ) -> float | None:
+        if value is not None and not (math.isfinite(value) and 0 < value <= limit):
+            raise click.BadParameter(f"{value} is not between 0 and {limit:g} seconds")
+        return value
+
+    return check
 
 
 @otp.command("create")
@@ -124,7 +152,7 @@ def _sane_ttl(ctx: click.Context, param: click.Parameter, value: float) -> float
     type=float,
     default=3600.0,
     show_default=True,
-    callback=_sane_ttl,
+    callback=_seconds_up_to(MAX_TTL),
     help="Seconds the password stays valid.",
 )
 @api_option
@@ -138,7 +166,7 @@ def otp_create(ttl: float, api: str, data_dir: Path) -> None:
 @api_option
 @data_dir_option
 def hosts(api: str, data_dir: Path) -> None:
-    """List the provisioned hosts, and the plugins that failed on each."""
+    """List the provisioned hosts; then each plugin that failed on one, and why."""
     found = _admin_call(api, data_dir, lambda admin: admin.list_hosts())
     table = Table(
         "id", "name", "status", "ip", "version", "last seen", "plugin failures"
@@ -153,7 +181,11 @@ def hosts(api: str, data_dir: Path) -> None:
             _when(host.last_seen),
             _plugin_failures(host.info),
         )
-    console().print(table)
+    out = console()
+    out.print(table)
+    # Below the table, where a reason has room: it is often a long sentence.
+    for line in _failure_reasons(found):
+        out.print(line, highlight=False)
 
 
 def _plugin_failures(info: host_pb2.HostInfo) -> str:
@@ -162,13 +194,33 @@ def _plugin_failures(info: host_pb2.HostInfo) -> str:
     return f"[red]{escape(', '.join(failed))}[/red]" if failed else ""
 
 
+def _failure_reasons(hosts: list[admin_pb2.Host]) -> list[str]:
+    """A line for each plugin that failed on a host: the host, then why."""
+    lines = []
+    for host in hosts:
+        where = f"{host.info.name} ({host.id})" if host.info.name else host.id
+        for plugin in host.info.plugins:
+            if plugin.HasField("error"):
+                why = f"plugin {plugin.name!r} ({plugin.distribution}): {plugin.error}"
+                lines.append(f"[red]failed on {escape(where)}:[/red] {escape(why)}")
+    return lines
+
+
+def _host_filter(what: str) -> Callable[[F], F]:
+    """``--host ID``, checked as ``send --host`` is; the server knows the ids."""
+    return click.option(
+        "--host", "host_id", type=click.UUID, help=f"Only the {what} of this host."
+    )
+
+
 @control_plane.command()
-@click.option("--host", "host_id", default="", help="Only the nodes of this host.")
+@_host_filter("nodes")
 @api_option
 @data_dir_option
-def nodes(host_id: str, api: str, data_dir: Path) -> None:
+def nodes(host_id: uuid.UUID | None, api: str, data_dir: Path) -> None:
     """List the nodes, with their last known state."""
-    found = _admin_call(api, data_dir, lambda admin: admin.list_nodes(host_id))
+    host = str(host_id or "")
+    found = _admin_call(api, data_dir, lambda admin: admin.list_nodes(host))
     table = Table(
         "host", "id", "name", "status", "image", "height", "sync", "failure", "updated"
     )
@@ -189,12 +241,13 @@ def nodes(host_id: str, api: str, data_dir: Path) -> None:
 
 
 @control_plane.command()
-@click.option("--host", "host_id", default="", help="Only the commands of this host.")
+@_host_filter("commands")
 @api_option
 @data_dir_option
-def commands(host_id: str, api: str, data_dir: Path) -> None:
+def commands(host_id: uuid.UUID | None, api: str, data_dir: Path) -> None:
     """List the history of commands."""
-    found = _admin_call(api, data_dir, lambda admin: admin.list_commands(host_id))
+    host = str(host_id or "")
+    found = _admin_call(api, data_dir, lambda admin: admin.list_commands(host))
     table = Table(
         "id", "host", "node", "command", "state", "exit", "response", "created"
     )
@@ -252,6 +305,7 @@ node_option = click.option(
     "--timeout",
     type=float,
     default=None,
+    callback=_seconds_up_to(MAX_TIMEOUT),
     help="Seconds to wait for the result; no limit by default.",
 )
 @click.option("--no-wait", is_flag=True, help="Only queue the command.")
@@ -286,13 +340,7 @@ def _send_and_exit(target: _Target, command: command_flow_pb2.Command) -> None:
         raise click.UsageError("Missing option '--host'.")
     if target.data_dir is None:
         raise click.UsageError("Missing option '--data-dir'.")
-    try:
-        code = _run(_send, target, command)
-    except click.ClickException as exc:
-        code = _EXIT_FOR.get(type(exc.__cause__))
-        if code is None:
-            raise
-        click.echo(f"Error: {exc.message}", err=True)
+    code = _run(_send, target, command, exit_for=_EXIT_FOR)
     sys.exit(min(code, 125) if code >= 0 else 1)
 
 

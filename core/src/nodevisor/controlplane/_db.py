@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -109,6 +110,7 @@ class Database:
         self.path = path
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
+        _owner_only(path)
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None
         )
@@ -262,7 +264,10 @@ class Database:
         return [_host(row) for row in rows]
 
     def list_nodes(self, host_id: str = "") -> list[admin_pb2.Node]:
+        """Every node, or those of ``host_id``, which must be a host's."""
         with self._lock:
+            if host_id:
+                _require_host(self._conn, host_id)
             rows = self._conn.execute(
                 "SELECT * FROM nodes WHERE ? = '' OR host_id = ?"
                 " ORDER BY host_id, updated_at",
@@ -310,9 +315,12 @@ class Database:
     ) -> list[tuple[int, admin_pb2.CommandRecord]]:
         """``(seq, record)`` of the commands queued after ``after``, in order.
 
-        At most ``limit`` of them; all when it is negative.
+        At most ``limit`` of them; all when it is negative. A ``host_id``
+        given must be a host's.
         """
         with self._lock:
+            if host_id:
+                _require_host(self._conn, host_id)
             rows = self._conn.execute(
                 "SELECT * FROM commands WHERE (? = '' OR host_id = ?) AND seq > ?"
                 " ORDER BY seq LIMIT ?",
@@ -351,6 +359,22 @@ class Database:
                 (host_id,),
             ).fetchall()
         return [(row["received_at"], row["kind"], row["error"]) for row in rows]
+
+
+def _owner_only(path: Path) -> None:
+    """Create ``path`` with mode 0600, or set it so: it holds token hashes.
+
+    SQLite gives the WAL and shared-memory files it creates the database's
+    mode; those an earlier run left behind are set to 0600 too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).chmod(0o600)
 
 
 # Writes that run inside a transaction (``Database.write`` or a method's own).

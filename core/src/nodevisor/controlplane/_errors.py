@@ -9,9 +9,12 @@ translated in one place, ``abort_on_error``::
     ├── NotFound             no host (or command) with that id
     ├── InvalidRequest       a request that cannot be carried out as sent
     ├── CommandTimeout       no result for a command within the caller's timeout
-    └── Unavailable          the control plane cannot be reached, or is stopping
+    ├── Unavailable          the control plane cannot be reached, or is stopping
+    ├── DataDirLocked        another control plane serves the same data dir
+    └── DataDirUnusable      the data dir cannot be created, or its files opened
 
-Clients turn a failed call back into these with ``from_rpc_error``.
+Clients turn a failed call back into these with ``from_rpc_error``. The last
+two stop a control plane from starting; no call is answered with them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from .._errors import NodevisorError
 __all__ = [
     "CommandTimeout",
     "ControlPlaneError",
+    "DataDirLocked",
+    "DataDirUnusable",
     "InvalidRequest",
     "NotFound",
     "OtpRejected",
@@ -73,6 +78,14 @@ class CommandTimeout(ControlPlaneError):
 
 class Unavailable(ControlPlaneError):
     status = grpc.StatusCode.UNAVAILABLE
+
+
+class DataDirLocked(ControlPlaneError):
+    """Another control plane process serves the same data directory."""
+
+
+class DataDirUnusable(ControlPlaneError):
+    """The data directory cannot be created, or a file in it cannot be opened."""
 
 
 _BY_STATUS: dict[grpc.StatusCode, type[ControlPlaneError]] = {

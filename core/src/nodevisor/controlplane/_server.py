@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -12,12 +15,13 @@ import grpc
 
 from blockjoy.api.v1 import command_flow_pb2_grpc, host_pb2_grpc
 
+from .._lock import exclusive
 from .._outbox import MAX_MESSAGE_BYTES
 from ..admin.v1 import admin_pb2_grpc
 from ._admin_api import AdminServicer
 from ._agent_api import CommandFlowServicer, HostsServicer
 from ._db import Database
-from ._errors import Unavailable
+from ._errors import DataDirLocked, DataDirUnusable, Unavailable
 from ._hub import Hub
 from ._tokens import ensure_admin_token
 
@@ -53,38 +57,58 @@ class ControlPlane:
         self._hub = Hub()
         self._db: Database | None = None
         self._server: grpc.aio.Server | None = None
+        self._held = contextlib.ExitStack()
 
     def __repr__(self) -> str:
         state = f"serving on {self.address}" if self._server else "stopped"
         return f"<ControlPlane {self.data_dir} {state}>"
 
     async def start(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.admin_token = ensure_admin_token(self.data_dir)
-        self._db = db = await anyio.to_thread.run_sync(
-            Database, self.data_dir / DATABASE_FILE
+        try:
+            db = await self._open_data_dir()
+            await db.call(db.mark_all_offline)
+            await self._serve(db)
+        except BaseException:
+            self._close_data_dir()
+            raise
+        log.info(
+            "control plane listening on %s (data dir %s)", self.address, self.data_dir
         )
-        await db.call(db.mark_all_offline)
+
+    async def _open_data_dir(self) -> Database:
+        """Hold the data dir, created owner-only, and open its files.
+
+        The lock is taken before anything in it is read or written: a second
+        control plane on the same data dir would mark every host offline.
+        """
+        with _unusable_as_error(self.data_dir):
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._held.enter_context(
+                exclusive(self.data_dir, "control plane", DataDirLocked)
+            )
+            self.admin_token = ensure_admin_token(self.data_dir)
+            self._db = await anyio.to_thread.run_sync(
+                Database, self.data_dir / DATABASE_FILE
+            )
+        return self._db
+
+    async def _serve(self, db: Database) -> None:
         server = grpc.aio.server(options=SERVER_OPTIONS)
         self._add_services(server, db)
         try:
             port = server.add_insecure_port(self.listen)
         except RuntimeError as exc:
-            db.close()
             raise Unavailable(f"cannot listen on {self.listen!r}: {exc}") from exc
         await server.start()
         self._server = server
         self.address = f"{self.listen.rpartition(':')[0]}:{port}"
-        log.info(
-            "control plane listening on %s (data dir %s)", self.address, self.data_dir
-        )
 
     def _add_services(self, server: grpc.aio.Server, db: Database) -> None:
         host_pb2_grpc.add_HostsServicer_to_server(HostsServicer(db, self._hub), server)
         command_flow_pb2_grpc.add_CommandFlowServicer_to_server(
             CommandFlowServicer(db, self._hub), server
         )
-        admin = AdminServicer(db, self._hub, self.admin_token, self.data_dir)
+        admin = AdminServicer(db, self._hub, self.admin_token)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
 
     async def aclose(self) -> None:
@@ -97,10 +121,14 @@ class ControlPlane:
             if self._server is not None:
                 await self._server.stop(self.grace)
                 self._server = None
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._close_data_dir()
         log.info("control plane on %s stopped", self.address)
+
+    def _close_data_dir(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._held.close()
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -113,6 +141,25 @@ class ControlPlane:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+@contextlib.contextmanager
+def _unusable_as_error(data_dir: Path) -> Iterator[None]:
+    """Turn the OS's (or SQLite's) refusal of the data dir into one sentence."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None and exc.filename != str(data_dir):
+            reason = f"{reason}: {str(exc.filename)!r}"
+        raise DataDirUnusable(
+            f"cannot use {str(data_dir)!r} as the data dir: {reason}"
+        ) from exc
+    except sqlite3.Error as exc:
+        raise DataDirUnusable(
+            f"cannot use {str(data_dir)!r} as the data dir: its database "
+            f"{DATABASE_FILE} cannot be opened: {exc}"
+        ) from exc
 
 
 async def serve(data_dir: Path, listen: str) -> None:
