@@ -115,9 +115,13 @@ class Database:
             path, check_same_thread=False, isolation_level=None
         )
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(SCHEMA)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(SCHEMA)
+        except BaseException:  # not a database, say: let go of the file now
+            self._conn.close()
+            raise
         self._queue: list[_Write] = []
         self._flushing = False
         self._flusher: asyncio.Task[None] | None = None
