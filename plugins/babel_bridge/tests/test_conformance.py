@@ -24,11 +24,20 @@ class BabelHarness(Harness):
         folder = self.data_dir / spec.host_id / spec.id
         await anyio.to_thread.run_sync(_remove, folder)
 
+    async def stop_out_of_band(self, runtime: Runtime, spec: NodeSpec) -> None:
+        """Kill babel and the node, as a crash or the OOM killer would."""
+        folder = self.data_dir / spec.host_id / spec.id
+        await anyio.to_thread.run_sync(_kill, folder)
 
-def _remove(folder: Path) -> None:
+
+def _kill(folder: Path) -> None:
     for name in ("node.pid", "babel.pid"):
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             os.killpg(int((folder / name).read_text()), signal.SIGKILL)
+
+
+def _remove(folder: Path) -> None:
+    _kill(folder)
     shutil.rmtree(folder)
 
 
