@@ -192,16 +192,48 @@ async def test_upgrade_to_a_missing_image_leaves_the_node_running(
     assert (await memory.inspect(new_id)).state is NodeState.RUNNING
 
 
-async def test_failed_upgrade_rolls_back(manager, memory, reports, new_id):
+async def test_failed_upgrade_rolls_back(manager, memory, reports, new_id, monkeypatch):
+    """The image could not be replaced: the node is put back on its old
+    version and started again, as it ran before."""
+    await running(manager, new_id)
+    upgrade_step = memory.upgrade
+
+    async def replacing_fails(old, new):
+        if new.version == "2":
+            raise RuntimeFailure("disk full while unpacking testchain/2")
+        await upgrade_step(old, new)
+
+    monkeypatch.setattr(memory, "upgrade", replacing_fails)
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    with pytest.raises(UpgradeFailed, match="rolled back to testchain/1: disk full"):
+        await manager.upgrade(new_id, upgrade)
+    node = await manager.require(new_id)
+    assert (node.version, node.status) == ("1", NodeStatus.Running)
+    assert reports.statuses(new_id)[-2:] == ["Upgrading", "Running"]
+    assert "disk full" in node.failure
+    assert (await memory.inspect(new_id)).state is NodeState.RUNNING
+
+
+async def test_an_upgrade_whose_rollback_fails_says_so(
+    manager, memory, reports, new_id
+):
+    """Replacing the image fails both ways: the result does not claim a
+    rollback; it says that putting the node back failed, and where the node
+    was left. The node keeps both reasons."""
     await running(manager, new_id)
     memory.fail.add("upgrade")
     upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
-    with pytest.raises(UpgradeFailed, match="rolled back to testchain/1"):
+    with pytest.raises(UpgradeFailed) as raised:
         await manager.upgrade(new_id, upgrade)
+    message = str(raised.value)
+    assert "was rolled back" not in message
+    assert "and so did putting it back on testchain/1" in message
+    assert "the node is Stopped" in message
     node = await manager.require(new_id)
-    assert node.version == "1"
+    assert (node.version, node.status, node.journal) == ("1", NodeStatus.Stopped, None)
+    assert node.failure.count("told to fail upgrade") == 2
+    assert "rolling back to testchain/1 failed" in node.failure
     assert reports.statuses(new_id)[-2:] == ["Upgrading", "Stopped"]
-    assert "told to fail upgrade" in node.failure
 
 
 async def test_an_upgrade_whose_new_version_does_not_start_is_rolled_back(
@@ -481,3 +513,61 @@ async def test_two_creates_racing_for_one_name_leave_one_node(
         for _, payload in store.outbox()
     }
     assert reported == set(made)
+
+
+async def test_a_new_version_that_does_not_start_nor_the_old_one_says_so(
+    manager, memory, new_id
+):
+    """Neither version starts after the image was replaced: the result says
+    the way back failed too, and the node is recorded stopped on the old
+    version, for the reconciler to start."""
+    await running(manager, new_id)
+    memory.fail.add("start")
+    upgrade = node_pb2.NodeUpgrade(image=common_pb2.ContainerImage(url="testchain/2"))
+    with pytest.raises(UpgradeFailed) as raised:
+        await manager.upgrade(new_id, upgrade)
+    message = str(raised.value)
+    assert "did not start, and putting the node back on testchain/1 failed too" in (
+        message
+    )
+    assert "the node is Stopped" in message
+    node = await manager.require(new_id)
+    assert (node.version, node.status, node.expected) == (
+        "1",
+        NodeStatus.Stopped,
+        NodeStatus.Running,
+    )
+
+
+@pytest.mark.parametrize(
+    ("returned", "said"),
+    [
+        (lambda dest: dest / "does-not-exist.tar", "but there is no such file"),
+        (lambda dest: dest, "but there is no such file"),
+        (lambda dest: dest.parent.parent / "elsewhere.tar", "outside its destination"),
+        (lambda dest: None, "not the path of the file it wrote"),
+    ],
+    ids=["missing", "a-folder", "outside", "none"],
+)
+async def test_a_snapshot_the_runtime_did_not_write_is_a_failure(
+    manager, memory, reports, new_id, monkeypatch, returned, said
+):
+    """The runtime's word is checked: a snapshot is reported written only if
+    its file is there, under the node's destination. Otherwise the command
+    fails naming what it got, and the node is settled as the runtime shows
+    it (stopped, as it was)."""
+    await manager.create(new_id, create())
+
+    async def claims(spec, destination):
+        path = returned(destination)
+        if path is not None and path.name == "elsewhere.tar":
+            path.write_text("not where it belongs")
+        return path
+
+    monkeypatch.setattr(memory, "snapshot", claims)
+    with pytest.raises(RuntimeFailure, match=said) as raised:
+        await manager.snapshot(new_id)
+    assert new_id in str(raised.value)
+    node = await manager.require(new_id)
+    assert node.status is NodeStatus.Stopped and said in node.failure
+    assert reports.statuses(new_id)[-2:] == ["Snapshotting", "Stopped"]

@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import anyio
 
@@ -205,7 +205,9 @@ class NodeManager:
                 self._expect(node, expected), f"now expected {expected.name}"
             )
 
-    async def _settle(self, node: NodeRecord, runtime: Runtime, exc: Exception) -> None:
+    async def _settle(
+        self, node: NodeRecord, runtime: Runtime, exc: Exception | str
+    ) -> S:
         """After a failed step, record the status the runtime actually shows."""
         try:
             actual = await runtime.inspect(node.id)
@@ -219,6 +221,7 @@ class NodeManager:
             node.replace(status=status, failure=str(exc)),
             f"failed, now {status.name}: {exc}",
         )
+        return status
 
     async def _guarded(
         self, node: NodeRecord, runtime: Runtime, step: Awaitable[T]
@@ -392,7 +395,15 @@ class NodeManager:
             await _step(runtime, node_id, runtime.stop(old))
             await _step(runtime, node_id, runtime.upgrade(old, new))
         except RuntimeFailure as exc:
-            await self._roll_back(node.replace(journal=None), runtime, old, new, exc)
+            back = await self._roll_back(
+                node.replace(journal=None), runtime, old, new, exc
+            )
+            if back is not None:
+                raise UpgradeFailed(
+                    f"upgrade of node {node_id} to {release.url} failed, and so did "
+                    f"putting it back on {node.url} ({back.reason}); the node is "
+                    f"{back.status.name}: {exc}"
+                ) from exc
             raise UpgradeFailed(
                 f"upgrade of node {node_id} to {release.url} failed and was rolled "
                 f"back to {node.url}: {exc}"
@@ -407,7 +418,14 @@ class NodeManager:
             await _step(runtime, node_id, runtime.start(new))
         except RuntimeFailure as exc:
             back = node.replace(version=old.version, journal=None)
-            await self._roll_back(back, runtime, old, new, exc, started=True)
+            failed = await self._roll_back(back, runtime, old, new, exc, started=True)
+            if failed is not None:
+                raise UpgradeFailed(
+                    f"upgrade of node {node_id} to {release.url} failed: the new "
+                    f"version did not start, and putting the node back on "
+                    f"{old.url} failed too ({failed.reason}); the node is "
+                    f"{failed.status.name}: {exc}"
+                ) from exc
             raise UpgradeFailed(
                 f"upgrade of node {node_id} to {release.url} failed: the new version "
                 f"did not start, and the node was rolled back to {node.url}: {exc}"
@@ -424,16 +442,24 @@ class NodeManager:
         exc: Exception,
         *,
         started: bool = False,
-    ) -> None:
-        """Put the node back on ``old``; with ``started``, ``new`` was started."""
+    ) -> _RollbackFailed | None:
+        """Put the node back on ``old``; with ``started``, ``new`` was started.
+
+        Returns what went wrong if that failed too, else ``None``. Either way
+        the node's record shows the status the runtime reports and why.
+        """
         try:
             if started:
                 await runtime.stop(new)
             await runtime.upgrade(new, old)
             await runtime.start(old)
-        except Exception as inner:  # reported through the node's status below
-            log.warning("node %s: rollback of the upgrade failed: %r", node.id, inner)
+        except Exception as inner:  # told in the result and kept on the node
+            log.error("node %s: rolling back the upgrade failed: %r", node.id, inner)
+            why = f"{exc}; rolling back to {old.url} failed: {_described(inner)}"
+            status = await self._settle(node, runtime, why)
+            return _RollbackFailed(_described(inner), status)
         await self._settle(node, runtime, exc)
+        return None
 
     async def delete(self, node_id: str) -> str:
         node = await self.require(node_id)
@@ -463,7 +489,7 @@ class NodeManager:
         await anyio.Path(destination).mkdir(mode=0o700, parents=True, exist_ok=True)
         node = await self._move(node, S.Snapshotting)
         path = await self._guarded(
-            node, runtime, runtime.snapshot(self.spec(node), destination)
+            node, runtime, _written(runtime, node_id, destination, self.spec(node))
         )
         await self._start(node, runtime)
         return f"node {node_id} snapshot written to {path}"
@@ -730,6 +756,50 @@ async def _step(runtime: Runtime, node_id: str, step: Awaitable[T]) -> T:
             f"runtime {runtime.name!r} failed on node {node_id} with an "
             f"unexpected {type(exc).__name__}: {exc}"
         ) from exc
+
+
+class _RollbackFailed(NamedTuple):
+    """Why an upgrade's rollback failed, and the status the node was left in."""
+
+    reason: str
+    status: NodeStatus
+
+
+def _described(exc: Exception) -> str:
+    """A runtime's failure as it says it; anything else with its type."""
+    if isinstance(exc, RuntimeFailure):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc}"
+
+
+async def _written(
+    runtime: Runtime, node_id: str, destination: Path, spec: NodeSpec
+) -> Path:
+    """Take the snapshot; the file it names must be there, under ``destination``.
+
+    A runtime that reports a file it did not write would have the operator
+    count on a snapshot that does not exist.
+    """
+    path = await runtime.snapshot(spec, destination)
+    if not isinstance(path, str | Path):
+        raise RuntimeFailure(
+            f"runtime {runtime.name!r} snapshotted node {node_id} but returned "
+            f"{path!r}, not the path of the file it wrote"
+        )
+    file = anyio.Path(path)
+    if not await file.is_file():
+        raise RuntimeFailure(
+            f"runtime {runtime.name!r} says it wrote the snapshot of node {node_id} "
+            f"to {str(path)!r}, but there is no such file"
+        )
+    if not (await file.resolve()).is_relative_to(
+        await anyio.Path(destination).resolve()
+    ):
+        raise RuntimeFailure(
+            f"runtime {runtime.name!r} wrote the snapshot of node {node_id} to "
+            f"{str(path)!r}, outside its destination {str(destination)!r}"
+        )
+    return Path(path)
 
 
 async def _make(runtime: Runtime, spec: NodeSpec) -> None:
