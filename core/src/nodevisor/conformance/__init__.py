@@ -132,7 +132,16 @@ skip saying "runtime 'x' declares no snapshot capability", never a pass.
 
 from __future__ import annotations
 
-from ._harness import Harness
-from ._suite import ConformanceSuite
+import pytest
+
+# The checks live in this package, not in the author's test module: without
+# this, pytest would not rewrite their asserts, and a failed check would say
+# only "AssertionError", with none of the values it compared.
+pytest.register_assert_rewrite(
+    "nodevisor.conformance._common", "nodevisor.conformance._suite"
+)
+
+from ._harness import Harness  # noqa: E402
+from ._suite import ConformanceSuite  # noqa: E402
 
 __all__ = ["ConformanceSuite", "Harness"]
