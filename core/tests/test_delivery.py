@@ -124,3 +124,49 @@ async def test_updates_a_control_plane_failed_to_store_are_sent_again(
 
 async def _holds(agent, count):
     return agent.outbox is not None and len(agent.outbox) >= count
+
+
+async def test_a_command_that_came_during_start_up_runs_after_the_recovery(
+    tmp_path, catalogue_dir
+):
+    """The agent stops in the middle of a start, and a stop is queued while
+    it is down. At start-up the reconciler first finishes the interrupted
+    start; only then does the stop run, and it succeeds instead of finding
+    the node half-way ("it is Starting")."""
+    address, cp_dir = free_address(), tmp_path / "cp"
+
+    def config(start_delay: float) -> AgentConfig:
+        return AgentConfig(
+            data_dir=tmp_path / "agent",
+            runtime="memory",
+            catalogue=[catalogue_dir],
+            # The listing is slow: the stop arrives before the first pass.
+            runtimes={"memory": {"delay": {"start": start_delay, "list_nodes": 1}}},
+            shutdown_grace=0.2,
+        )
+
+    node_id = str(uuid.uuid4())
+    async with running_control_plane(cp_dir, listen=address) as cp:
+        otp = await cp.admin.create_otp()
+        host = (await provision(config(30), otp, address)).host_id
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(Agent(config(30)).run, stopping)
+            assert (await updates(cp, host, create(node_id)))[-1] == ("result", 0)
+            await cp.admin.queue_command(
+                host, node_command(node_id, start=node_pb2.NodeStart())
+            )
+            await eventually(lambda: _acked(cp, host))
+            stopping.set()  # the start is cut short: the node is left Starting
+        stop = await cp.admin.queue_command(
+            host, node_command(node_id, stop=node_pb2.NodeStop())
+        )
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(Agent(config(0.5)).run)
+            await eventually(lambda: _finished(cp, host))
+            tasks.cancel_scope.cancel()
+        answers = {c.id: c for c in await cp.admin.list_commands(host)}
+        assert answers[stop.id].exit_code == 0, answers[stop.id].response
+        [node] = await cp.admin.list_nodes(host)
+        assert node.info.container_status == node_pb2.NodeInfo.Stopped

@@ -115,16 +115,22 @@ async def test_a_command_without_an_id_is_refused(dispatch, new_id):
 async def test_a_repeated_command_id_is_answered_from_the_store(
     dispatch, memory, new_id
 ):
+    """Sent again while it runs, a command is acknowledged again and its one
+    result follows; sent again once finished, its result is sent again."""
     dispatcher, sent = dispatch
     command = create_command(new_id)
+    command_id = command.node.meta.api_command_id.value
     dispatcher.submit(command)
     dispatcher.submit(command)
     await settle(dispatcher)
+    assert sent.acks() == [command_id, command_id]
+    assert len(sent.results()) == 1
     dispatcher.submit(command)
     await settle(dispatcher)
     assert memory.calls["create"] == 1
     results = sent.results()
-    assert len(results) == 3 and len(set(results)) == 1
+    assert len(results) == 2 and len(set(results)) == 1
+    assert sent.acks() == [command_id] * 3
 
 
 async def test_commands_for_one_node_run_in_order(dispatch, memory, new_id):
@@ -282,3 +288,89 @@ async def test_a_host_command_naming_this_host_runs(dispatch, manager):
     dispatcher.submit(command_flow_pb2.Command(host=host))
     await settle(dispatcher)
     assert sent.results()[0][:2] == ("h-4", 0)
+
+
+async def test_a_command_that_waits_for_its_node_is_acknowledged_at_once(
+    dispatch, memory, store, new_id
+):
+    """A stop queued behind a slow start is recorded and acknowledged when it
+    arrives, not when its turn comes; it is recorded as started only then."""
+    dispatcher, sent = dispatch
+    create = create_command(new_id)
+    dispatcher.submit(create)
+    await settle(dispatcher)
+    memory.delay["start"] = 1.0
+    start = node_command(new_id, start=node_pb2.NodeStart())
+    stop = node_command(new_id, stop=node_pb2.NodeStop())
+    stop_id = stop.node.meta.api_command_id.value
+    dispatcher.submit(start)
+    dispatcher.submit(stop)
+    # Well before the start is done: recorded, then acknowledged.
+    waiting = await recorded(store, stop_id, within=0.8)
+    assert stop_id in sent.acks()
+    assert waiting.started_at is None
+    assert memory.calls["stop"] == 0
+    await settle(dispatcher)
+    done = await recorded(store, stop_id, finished=True)
+    assert done.started_at is not None
+    assert [r[0] for r in sent.results()][-2:] == [
+        start.node.meta.api_command_id.value,
+        stop_id,
+    ]
+
+
+async def test_a_command_that_never_started_is_forgotten_and_runs_when_sent_again(
+    manager, memory, store, new_id
+):
+    """The agent stops while a start runs and a stop waits behind it: the
+    start is an interrupted command; the stop did nothing, so at the next
+    start-up it is forgotten, and sent again it runs."""
+    sent = Sent()
+
+    async def host_info():
+        return host_pb2.HostInfo(name="test-host")
+
+    db = StoreRunner(store)
+    create = create_command(new_id)
+    start = node_command(new_id, start=node_pb2.NodeStart())
+    stop = node_command(new_id, stop=node_pb2.NodeStop())
+    start_id = start.node.meta.api_command_id.value
+    stop_id = stop.node.meta.api_command_id.value
+    async with Dispatcher(
+        nodes=manager, db=db, emit=sent.append, host_info=host_info
+    ) as dispatcher:
+        dispatcher.submit(create)
+        await settle(dispatcher)
+        memory.delay["start"] = 30
+        dispatcher.submit(start)
+        dispatcher.submit(stop)
+        await recorded(store, stop_id, within=5)
+        # leaving the block cancels the lanes, as a stopping agent does
+    assert store.command(start_id).finished  # reported interrupted
+    assert store.command(stop_id).started_at is None
+    assert store.forget_unstarted() == 1
+    assert store.command(stop_id) is None
+    assert store.command(start_id) is not None
+
+    memory.delay["start"] = 0
+    async with Dispatcher(
+        nodes=manager, db=db, emit=sent.append, host_info=host_info
+    ) as dispatcher:
+        dispatcher.submit(stop)
+        await settle(dispatcher)
+        ran = await recorded(store, stop_id, finished=True)
+    # It ran this time: the node, left Starting by the interrupted start
+    # (which the reconciler would finish), is not one a stop can act on.
+    assert (ran.exit_code, ran.started_at is not None) == (4, True)
+    assert "it is Starting, and stop needs it Running" in ran.response
+    assert sent.results()[-1][0] == stop_id
+
+
+async def recorded(store, command_id: str, within: float = 5, finished=False):
+    """The command's record, once it is committed (with its result)."""
+    with anyio.fail_after(within):
+        for _ in range(100_000):
+            record = store.command(command_id)
+            if record is not None and (record.finished or not finished):
+                return record
+            await anyio.sleep(0.01)

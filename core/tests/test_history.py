@@ -104,3 +104,24 @@ def test_a_store_from_before_results_were_numbered_is_upgraded(tmp_path, clock):
     assert store.prune_commands(before=500.0) == 1
     assert store.command("old") is not None
     store.close()
+
+
+def test_a_store_from_before_commands_waited_counts_them_started(tmp_path):
+    """Before, a command was recorded only as it began to run: an unfinished
+    one from then was interrupted, not forgotten as one that never ran."""
+    path = tmp_path / "s.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE commands (id TEXT PRIMARY KEY, node_id TEXT,"
+        " kind TEXT NOT NULL, received_at REAL NOT NULL, finished_at REAL,"
+        " exit_code INTEGER, response TEXT, result_seq INTEGER);"
+        "INSERT INTO commands VALUES ('cut', 'n', 'node.start', 1, NULL, NULL,"
+        " NULL, NULL);"
+    )
+    old.close()
+
+    store = Store(path)
+    assert store.forget_unstarted() == 0
+    [record] = store.unfinished_commands()
+    assert (record.id, record.started_at) == ("cut", 1.0)
+    store.close()

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two prunings of the command history.
 PRUNE_INTERVAL = 3600.0
+#: The longest commands that came during start-up wait for the reconciler's
+#: first pass to queue the recovery of the nodes, in seconds.
+RECOVERY_WAIT = 60.0
 
 
 async def load_runtimes(
@@ -154,6 +157,7 @@ class Agent:
                     host_info=self._host_info,
                     finished=self._command_finished,
                     protocol=self.protocol,
+                    held=True,
                 )
             )
             await self._close_interrupted(db)
@@ -191,6 +195,7 @@ class Agent:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.stream.run)
             tasks.start_soon(self.reconciler.run)
+            tasks.start_soon(self._release_after_recovery, dispatcher)
             tasks.start_soon(self._prune_history, db)
             if self.protocol is not None:
                 tasks.start_soon(self.protocol.run)
@@ -199,6 +204,24 @@ class Agent:
             await stop.wait()
             await self._drain(dispatcher)
             tasks.cancel_scope.cancel()
+
+    async def _release_after_recovery(self, dispatcher: Dispatcher) -> None:
+        """Let commands run once the reconciler has queued its start-up steps.
+
+        A node an interrupted command left half-way is then finished or
+        rolled back before a command that came meanwhile acts on it. A
+        runtime that does not answer its listing holds commands for at most
+        ``RECOVERY_WAIT`` seconds.
+        """
+        assert self.reconciler is not None
+        with anyio.move_on_after(RECOVERY_WAIT) as waited:
+            await self.reconciler.started.wait()
+        if waited.cancelled_caught:
+            log.warning(
+                "the start-up pass is not done after %gs; commands run now",
+                RECOVERY_WAIT,
+            )
+        dispatcher.release()
 
     async def _drain(self, dispatcher: Dispatcher) -> None:
         """Take no new commands; give running ones and their results time."""
@@ -261,6 +284,13 @@ class Agent:
             await anyio.sleep(PRUNE_INTERVAL)
 
     async def _close_interrupted(self, db: StoreRunner) -> None:
+        forgotten = await db.write(db.store.forget_unstarted)
+        if forgotten:
+            log.info(
+                "%d commands the agent had taken never started; they run when "
+                "the control plane sends them again",
+                forgotten,
+            )
         why = "the agent stopped while this command ran; check the node's status"
         for record in await db(db.store.unfinished_commands):
             code = int(ExitCode.INTERNAL_ERROR)

@@ -2,16 +2,23 @@
 
 Commands for one node run one after another, in the order they arrived;
 commands for different nodes run at the same time. Each command is recorded
-in the store before it is acknowledged, and its result is recorded before it
+in the store and acknowledged as soon as it arrives, also when it has to
+wait behind another command for its node; its result is recorded before it
 is sent, so a command id seen before is never executed twice: it is answered
-again from the store.
+again from the store, or, while it still waits or runs, acknowledged again.
+
+A command that waited is marked started in the store before it runs. One
+that never started when the agent stopped did nothing: the agent forgets it
+at start-up, and it runs when the control plane sends it again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
@@ -38,8 +45,25 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger(__name__)
 
 Emit = Callable[[command_flow_pb2.InfoUpdate], None]
-_Item = command_flow_pb2.Command | Callable[[], Awaitable[None]]
 HOST_LANE = "host"
+
+
+@dataclass
+class _Taken:
+    """A command recorded and acknowledged, waiting in its lane or running."""
+
+    command: command_flow_pb2.Command
+    id: str
+    kind: str
+    node_id: str | None
+    #: Resolves once the record is committed: to the earlier record of the
+    #: command if the store knew it already, else to ``None``.
+    recorded: asyncio.Future[CommandRecord | None]
+    #: Recorded as started: its lane was idle when it arrived.
+    started: bool
+
+
+_Item = _Taken | Callable[[], Awaitable[None]]
 
 _HOST_UNSUPPORTED = {
     "generic": "generic host commands",
@@ -59,7 +83,11 @@ class Dispatcher:
         host_info: Callable[[], Awaitable[host_pb2.HostInfo]],
         finished: Callable[..., None] | None = None,
         protocol: ProtocolWatch | None = None,
+        held: bool = False,
     ) -> None:
+        """With ``held``, commands are recorded and acknowledged as they come
+        but none runs until ``release()``: at start-up, the reconciler first
+        queues what recovery each node needs, and commands run after it."""
         self.nodes = nodes
         self.protocol = protocol
         self._db = db
@@ -73,6 +101,10 @@ class Dispatcher:
         self._idle = anyio.Event()
         self._idle.set()
         self._finishing: dict[str, tuple[int, str]] = {}
+        #: The ids of the commands taken that wait in a lane or run.
+        self._taken: set[str] = set()
+        #: Commands taken while held, in order, with their lanes.
+        self._held: list[tuple[str, _Taken]] | None = [] if held else None
 
     async def __aenter__(self) -> Dispatcher:
         self._tasks = anyio.create_task_group()
@@ -108,7 +140,7 @@ class Dispatcher:
         return True
 
     def submit(self, command: command_flow_pb2.Command) -> None:
-        """Queue a command on its node's lane. Never blocks."""
+        """Record, acknowledge and queue a command on its lane. Never blocks."""
         kind = command.WhichOneof("type")
         if kind is None:
             log.warning("received a Command with neither a node nor a host command")
@@ -123,12 +155,54 @@ class Dispatcher:
         if self.closed:
             log.info("stopping: not taking a %s command; it will be sent again", kind)
             return
-        lane = command.node.id.value if kind == "node" else HOST_LANE
+        inner = command.node if kind == "node" else command.host
+        command_id = inner.meta.api_command_id.value
+        what = f"{kind}.{inner.WhichOneof('command')}"
+        if not command_id:
+            why = f"the {what} command has no meta.api_command_id to report under"
+            self._emit(command_result("", ExitCode.INVALID_COMMAND, why))
+            return
+        if command_id in self._taken:  # sent again while it waits or runs
+            log.info("command %s is under way; acknowledging it again", command_id)
+            self._emit(command_ack(command_id))
+            return
+        if command_id in self._finishing:  # its result is on its way to the store
+            code, response = self._finishing[command_id]
+            self._emit(command_ack(command_id))
+            self._answer_again(command_id, code, response)
+            return
+        node_id = command.node.id.value if kind == "node" else None
+        lane = node_id if node_id is not None else HOST_LANE
+        starts_now = self._held is None and lane not in self._lanes
+        # The record and the ack's outbox entry commit together: the ack is
+        # sent only once the command is durable, and it runs only after that.
+        # A command seen before keeps its record, which comes back instead.
+        with self._db.together():
+            recorded = self._db.write_nowait(
+                self._db.store.take_command, command_id, node_id, what, starts_now
+            )
+            self._emit(command_ack(command_id))
+        self._taken.add(command_id)
+        taken = _Taken(command, command_id, what, node_id, recorded, starts_now)
+        if self._held is not None:
+            self._held.append((lane, taken))
+            return
+        self._queue(lane, taken)
+
+    def release(self) -> None:
+        """Let the commands held since start-up run, in the order they came."""
+        held, self._held = self._held or [], None
+        if held:
+            log.info("running the %d commands received during start-up", len(held))
+        for lane, taken in held:
+            self._queue(lane, taken)
+
+    def _queue(self, lane: str, item: _Item) -> None:
         queue = self._lanes.get(lane)
         if queue is not None:
-            queue.append(command)
+            queue.append(item)
             return
-        self._open_lane(lane, command)
+        self._open_lane(lane, item)
 
     def _open_lane(self, lane: str, item: _Item) -> None:
         self._lanes[lane] = deque([item])
@@ -142,8 +216,11 @@ class Dispatcher:
         try:
             while queue:
                 item = queue[0]
-                if isinstance(item, command_flow_pb2.Command):
-                    await self._execute(item)
+                if isinstance(item, _Taken):
+                    try:
+                        await self._execute(item)
+                    finally:
+                        self._taken.discard(item.id)
                 else:
                     await item()
                 queue.popleft()
@@ -152,38 +229,19 @@ class Dispatcher:
             if not self._lanes:
                 self._idle.set()
 
-    async def _execute(self, command: command_flow_pb2.Command) -> None:
-        inner = command.node if command.HasField("node") else command.host
-        command_id = inner.meta.api_command_id.value
-        kind = f"{command.WhichOneof('type')}.{inner.WhichOneof('command')}"
-        if not command_id:
-            self._emit(
-                command_result(
-                    "",
-                    ExitCode.INVALID_COMMAND,
-                    f"the {kind} command has no meta.api_command_id to report under",
-                )
-            )
-            return
-        if command_id in self._finishing:  # its result is on its way to the store
-            code, response = self._finishing[command_id]
-            self._emit(command_ack(command_id))
-            self._answer_again(command_id, code, response)
-            return
-
-        node_id = command.node.id.value if command.HasField("node") else None
-        # The record and the ack's outbox entry commit together: the ack is
-        # sent only once the command is durable, and it runs only after that.
-        # A command seen before keeps its record, which comes back instead.
-        with self._db.together():
-            recorded = self._db.write_nowait(
-                self._db.store.take_command, command_id, node_id, kind
-            )
-            self._emit(command_ack(command_id))
-        earlier = await recorded
+    async def _execute(self, taken: _Taken) -> None:
+        command, command_id, kind, node_id = (
+            taken.command,
+            taken.id,
+            taken.kind,
+            taken.node_id,
+        )  # fmt: skip
+        earlier = await taken.recorded
         if earlier is not None:
             await self._answered_before(earlier)
             return
+        if not taken.started:  # it waited: durable as started before it acts
+            await self._db.write(self._db.store.start_command, command_id)
         log.debug(
             "command %s (%s) for %s: started", command_id, kind, node_id or "host"
         )

@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS commands (
     finished_at REAL,
     exit_code INTEGER,
     response TEXT,
-    result_seq INTEGER
+    result_seq INTEGER,
+    started_at REAL
 );
 """
 
@@ -113,6 +114,11 @@ _SAVE_NODE = (
 )
 
 
+_COMMAND_COLUMNS = (
+    "id, node_id, kind, received_at, finished_at, exit_code, response, started_at"
+)
+
+
 @dataclass(frozen=True)
 class CommandRecord:
     id: str
@@ -122,6 +128,9 @@ class CommandRecord:
     finished_at: float | None = None
     exit_code: int | None = None
     response: str | None = None
+    #: When it began to run; ``None`` while it waits behind another command
+    #: for its node. A command that never started cannot have done anything.
+    started_at: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -244,27 +253,49 @@ class Store:
 
     def command(self, command_id: str) -> CommandRecord | None:
         row = self._db.execute(
-            "SELECT id, node_id, kind, received_at, finished_at, exit_code, response "
-            "FROM commands WHERE id = ?",
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE id = ?",
             (command_id,),
         ).fetchone()
         return None if row is None else CommandRecord(*row)
 
-    def record_command(self, command_id: str, node_id: str | None, kind: str) -> None:
+    def record_command(
+        self, command_id: str, node_id: str | None, kind: str, started: bool = True
+    ) -> None:
+        """Record a command as received; as started too, unless ``started`` is
+        false (it waits behind another one)."""
+        now = time.time()
         self._db.execute(
-            "INSERT OR IGNORE INTO commands (id, node_id, kind, received_at) "
-            "VALUES (?, ?, ?, ?)",
-            (command_id, node_id, kind, time.time()),
+            "INSERT OR IGNORE INTO commands (id, node_id, kind, received_at, "
+            "started_at) VALUES (?, ?, ?, ?, ?)",
+            (command_id, node_id, kind, now, now if started else None),
         )
 
     def take_command(
-        self, command_id: str, node_id: str | None, kind: str
+        self, command_id: str, node_id: str | None, kind: str, started: bool = True
     ) -> CommandRecord | None:
         """Record a command unless it is known; the earlier record if it is."""
         earlier = self.command(command_id)
         if earlier is None:
-            self.record_command(command_id, node_id, kind)
+            self.record_command(command_id, node_id, kind, started)
         return earlier
+
+    def start_command(self, command_id: str) -> None:
+        """Record that a command that waited begins to run."""
+        self._db.execute(
+            "UPDATE commands SET started_at = ? WHERE id = ?",
+            (time.time(), command_id),
+        )
+
+    def forget_unstarted(self) -> int:
+        """Forget the commands that were received but never began to run.
+
+        They did nothing; the control plane sends them again, since it has
+        no result for them, and they run then. How many were forgotten.
+        """
+        cursor = self._db.execute(
+            "DELETE FROM commands WHERE exit_code IS NULL AND started_at IS NULL"
+        )
+        return cursor.rowcount
 
     def finish_command(self, command_id: str, exit_code: int, response: str) -> None:
         self._db.execute(
@@ -291,8 +322,8 @@ class Store:
 
     def unfinished_commands(self) -> list[CommandRecord]:
         rows = self._db.execute(
-            "SELECT id, node_id, kind, received_at, finished_at, exit_code, response "
-            "FROM commands WHERE exit_code IS NULL ORDER BY received_at"
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE exit_code IS NULL "
+            "ORDER BY received_at"
         )
         return [CommandRecord(*row) for row in rows]
 
@@ -521,6 +552,10 @@ def _upgrade(db: sqlite3.Connection) -> None:
     if "result_seq" not in columns:
         # Commands from before have no result number: they are kept.
         db.execute("ALTER TABLE commands ADD COLUMN result_seq INTEGER")
+    if "started_at" not in columns:
+        # Before, a command was recorded only as it began to run.
+        db.execute("ALTER TABLE commands ADD COLUMN started_at REAL")
+        db.execute("UPDATE commands SET started_at = received_at")
 
 
 def _column(value: object) -> object:

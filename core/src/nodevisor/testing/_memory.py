@@ -44,7 +44,8 @@ class MemoryRuntime(Runtime):
 
     - ``fail``: operation names (``prepare``, ``start``, ...) that raise
       ``RuntimeFailure``; ``prepare`` raises ``ImageUnavailable``.
-    - ``delay``: seconds each named operation takes, e.g. ``{"start": 0.5}``.
+    - ``delay``: seconds each named operation takes, e.g. ``{"start": 0.5}``;
+      ``list_nodes`` is one too.
     - ``missing_images``: image references that ``prepare`` cannot find.
     - ``known_images``: when given, the only image references ``prepare``
       finds.
@@ -217,6 +218,7 @@ class MemoryRuntime(Runtime):
 
     async def list_nodes(self) -> list[RuntimeNode]:
         self.calls["list_nodes"] += 1
+        await anyio.sleep(self.delay.get("list_nodes", 0))
         # Reading every file takes a while with many nodes: not on the loop.
         return await anyio.to_thread.run_sync(self._list_owned)
 
