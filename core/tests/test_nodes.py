@@ -571,3 +571,28 @@ async def test_a_snapshot_the_runtime_did_not_write_is_a_failure(
     node = await manager.require(new_id)
     assert node.status is NodeStatus.Stopped and said in node.failure
     assert reports.statuses(new_id)[-2:] == ["Snapshotting", "Stopped"]
+
+
+@pytest.mark.parametrize("command", ["start", "restart"])
+async def test_a_failed_command_leaves_the_node_expected_as_before(
+    manager, memory, new_id, command
+):
+    """A start refused by the runtime is a failed command: the reconciler
+    must not start the node later behind the control plane's back."""
+    await manager.create(new_id, create())
+    memory.fail.add("start")
+    with pytest.raises(RuntimeFailure):
+        await getattr(manager, command)(new_id)
+    node = await manager.require(new_id)
+    assert (node.status, node.expected) == (NodeStatus.Stopped, NodeStatus.Stopped)
+    memory.fail.clear()
+    assert not manager.out_of_step(node, await memory.inspect(new_id))
+
+
+async def test_a_failed_stop_leaves_the_node_expected_running(manager, memory, new_id):
+    await running(manager, new_id)
+    memory.fail.add("stop")
+    with pytest.raises(RuntimeFailure):
+        await manager.stop(new_id)
+    node = await manager.require(new_id)
+    assert (node.status, node.expected) == (NodeStatus.Running, NodeStatus.Running)

@@ -205,6 +205,23 @@ class NodeManager:
                 self._expect(node, expected), f"now expected {expected.name}"
             )
 
+    async def _expect_again(self, node_id: str, expected: NodeStatus) -> None:
+        """After a command failed: what was expected of the node before it.
+
+        The control plane has the failure as the command's result; the
+        reconciler must not carry the command out later behind its back.
+        """
+        node = await self._record(node_id)
+        if node is not None and node.expected is not expected:
+            # Not reported: NodeInfo does not carry what is expected.
+            await self._write(node.replace(expected=expected))
+            log.info(
+                "node %s (%s): the command failed; expected %s again",
+                node.id,
+                node.name,
+                expected.name,
+            )
+
     async def _settle(
         self, node: NodeRecord, runtime: Runtime, exc: Exception | str
     ) -> S:
@@ -300,8 +317,12 @@ class NodeManager:
             return f"node {node_id} is running already"
         self._need(node, S.Stopped, command="start")
         runtime = self.runtime(node.runtime)
-        node = self._expect(node, S.Running)
-        await self._start(node, runtime)
+        before = node.expected
+        try:
+            await self._start(self._expect(node, S.Running), runtime)
+        except RuntimeFailure:
+            await self._expect_again(node_id, before)
+            raise
         return f"node {node_id} started"
 
     async def _start(self, node: NodeRecord, runtime: Runtime) -> NodeRecord:
@@ -328,8 +349,12 @@ class NodeManager:
             return f"node {node_id} is stopped already"
         self._need(node, S.Running, command="stop")
         runtime = self.runtime(node.runtime)
-        node = self._expect(node, S.Stopped)
-        _, unclean = await self._stop(node, runtime)
+        before = node.expected
+        try:
+            _, unclean = await self._stop(self._expect(node, S.Stopped), runtime)
+        except RuntimeFailure:
+            await self._expect_again(node_id, before)
+            raise
         if unclean:
             return f"node {node_id} stopped uncleanly: {unclean}"
         return f"node {node_id} stopped"
@@ -354,11 +379,16 @@ class NodeManager:
         node = await self.require(node_id)
         self._need(node, S.Running, S.Stopped, command="restart")
         runtime = self.runtime(node.runtime)
+        before = node.expected
         node = self._expect(node, S.Running)
         unclean = ""
-        if node.status is S.Running:
-            node, unclean = await self._stop(node, runtime)
-        await self._start(node, runtime)
+        try:
+            if node.status is S.Running:
+                node, unclean = await self._stop(node, runtime)
+            await self._start(node, runtime)
+        except RuntimeFailure:
+            await self._expect_again(node_id, before)
+            raise
         if unclean:
             return f"node {node_id} restarted; its stop was unclean: {unclean}"
         return f"node {node_id} restarted"
