@@ -99,7 +99,9 @@ class AgentConfig(BaseSettings):
 
 # gRPC's own target syntax (dns:, unix:, ...) passes as it is written.
 _GRPC_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
-_HOST_PORT = re.compile(
+#: ``host:port``, ``[ipv6]:port``: an address, as agents and control planes
+#: write it.
+HOST_PORT = re.compile(
     r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})"
 )
 
@@ -119,7 +121,7 @@ def check_api_url(value: str) -> str:
         raise ValueError(
             f"{value!r} is a URL; write the control plane's address as host:port"
         )
-    match = _HOST_PORT.fullmatch(value)
+    match = HOST_PORT.fullmatch(value)
     if match is None:
         raise ValueError(
             f"{value!r} is not an address: expected host:port (for example "

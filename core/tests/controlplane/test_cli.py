@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -187,12 +188,42 @@ def test_send_without_a_host_names_the_missing_option() -> None:
     assert result.exit_code == 2 and "Missing option '--host'" in result.output
 
 
-@pytest.mark.parametrize("ttl", ["nan", "inf", "1e300", "0", "-5"])
-def test_an_otp_ttl_out_of_range_is_refused(tmp_path: Path, ttl: str) -> None:
+@pytest.mark.parametrize(
+    ("ttl", "shown"),
+    [
+        ("nan", "nan"),
+        ("inf", "inf"),
+        ("1e300", "1e+300"),
+        ("2592001", "2.592e+06"),
+        ("0", "0"),
+        ("-5", "-5"),
+        # under a millisecond: gRPC would carry it as 0
+        ("1e-9", "1e-09"),
+    ],
+)
+def test_an_otp_ttl_out_of_range_is_refused(
+    tmp_path: Path, ttl: str, shown: str
+) -> None:
     result = _invoke(
         "control-plane", "otp", "create", "--ttl", ttl, "--data-dir", str(tmp_path)
     )
-    assert result.exit_code == 2 and "is not between 0 and" in result.output
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: Invalid value for '--ttl': must be at least 0.001 and at most "
+        f"2592000 seconds (1 ms to 30 days), got {shown}"
+    )
+
+
+@pytest.mark.parametrize("ttl", ["0.001", "2592000"])
+def test_an_otp_ttl_at_the_limits_is_taken(tmp_path: Path, ttl: str) -> None:
+    from nodevisor.controlplane._tokens import ADMIN_TOKEN_FILE
+
+    (tmp_path / ADMIN_TOKEN_FILE).write_text("token")
+    options = ["--api", "127.0.0.1:1", "--data-dir", str(tmp_path)]
+
+    result = _invoke("control-plane", "otp", "create", "--ttl", ttl, *options)
+
+    assert result.exit_code == 69, result.output  # past the checks, to the server
 
 
 @pytest.mark.parametrize("listing", ["nodes", "commands"])
@@ -206,7 +237,9 @@ def test_a_host_filter_that_is_not_a_uuid_is_a_usage_error(
     assert "'--host'" in result.output and "'cli-host'" in result.output
 
 
-@pytest.mark.parametrize("timeout", ["0", "-5", "2592001", "nan", "inf"])
+@pytest.mark.parametrize(
+    "timeout", ["0", "-5", "2592001", "nan", "inf", "1e-9", "0.0009"]
+)
 def test_a_send_timeout_out_of_range_is_refused(tmp_path: Path, timeout: str) -> None:
     result = _invoke(
         "control-plane",
@@ -222,7 +255,10 @@ def test_a_send_timeout_out_of_range_is_refused(tmp_path: Path, timeout: str) ->
         str(uuid.uuid4()),
     )
     assert result.exit_code == 2, result.output
-    assert "'--timeout'" in result.output and "is not between 0 and" in result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: Invalid value for '--timeout': must be at least 0.001 and at "
+        f"most 2592000 seconds (1 ms to 30 days), got {float(timeout):g}"
+    )
 
 
 UNREACHABLE = ("--api", "127.0.0.1:1")
@@ -281,3 +317,100 @@ def test_send_to_an_unreachable_control_plane_exits_69(tmp_path: Path) -> None:
     )
     assert result.exit_code == 69, result.output
     assert "UNAVAILABLE" in result.output
+
+
+CLIENT_COMMANDS = pytest.mark.parametrize(
+    "args",
+    [
+        ["hosts"],
+        ["nodes"],
+        ["commands"],
+        ["otp", "create"],
+        ["send", "--host", str(uuid.uuid4()), "--timeout", "5"],
+    ],
+    ids=["hosts", "nodes", "commands", "otp-create", "send"],
+)
+
+
+def _client_args(args: list[str], *options: str) -> list[str]:
+    if args[0] == "send":
+        return [*args, *options, "start", "--node", str(uuid.uuid4())]
+    return [*args, *options]
+
+
+@CLIENT_COMMANDS
+@pytest.mark.parametrize(
+    ("api", "says"),
+    [
+        ("garbage", "'garbage' is not an address: expected host:port"),
+        (
+            "http://127.0.0.1:50551",
+            "'http://127.0.0.1:50551' is a URL; write the control plane's "
+            "address as host:port",
+        ),
+        ("127.0.0.1:99999", "'127.0.0.1:99999' has port 99999; a port is 1-65535"),
+    ],
+    ids=["not-an-address", "url", "port-out-of-range"],
+)
+def test_every_client_command_refuses_an_api_that_is_no_address(
+    tmp_path: Path, args: list[str], api: str, says: str
+) -> None:
+    """Refused up front, as the agent refuses it, not dialled as a DNS name."""
+    from nodevisor.controlplane._tokens import ADMIN_TOKEN_FILE
+
+    (tmp_path / ADMIN_TOKEN_FILE).write_text("token")
+
+    result = _invoke(
+        "control-plane", *_client_args(args, "--api", api, "--data-dir", str(tmp_path))
+    )
+
+    assert result.exit_code == 2, result.output
+    [error] = [line for line in result.output.splitlines() if "Error" in line]
+    assert error.startswith("Error: Invalid value for '--api'") and says in error
+
+
+def test_an_api_from_the_environment_is_checked_too(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nodevisor.cli import main
+
+    env = {"NODEVISOR_CP_URL": "garbage", "NODEVISOR_CP_DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(main, ["control-plane", "hosts"], env=env)
+
+    assert result.exit_code == 2, result.output
+    assert "'garbage' is not an address: expected host:port" in result.output
+
+
+@pytest.mark.parametrize(
+    ("listen", "says"),
+    [
+        ("127.0.0.1:99999", "'127.0.0.1:99999' has port 99999; a port is 0-65535"),
+        ("[::1]:65536", "'[::1]:65536' has port 65536; a port is 0-65535"),
+        ("nonsense", "'nonsense' is not host:port"),
+        ("127.0.0.1", "'127.0.0.1' is not host:port"),
+        (":50051", "':50051' is not host:port"),
+        ("127.0.0.1:123456", "'127.0.0.1:123456' is not host:port"),
+        ("http://127.0.0.1:50051", "'http://127.0.0.1:50051' is not host:port"),
+        ("unix:/tmp/cp.sock", "'unix:/tmp/cp.sock' is not host:port"),
+    ],
+)
+def test_serve_refuses_a_listen_address_before_creating_anything(
+    tmp_path: Path, listen: str, says: str
+) -> None:
+    data_dir = tmp_path / "cp"
+    args = ["serve", "--listen", listen, "--data-dir", str(data_dir)]
+    # A subprocess, so that an address taken by mistake serves (and times out)
+    # there rather than in the test.
+    result = subprocess.run(
+        [NODEVISOR, "control-plane", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("Error: Invalid value for '--listen'") and says in error
+    assert "host:port" in error
+    assert not data_dir.exists()

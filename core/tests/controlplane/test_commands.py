@@ -325,19 +325,27 @@ async def test_send_command_refuses_an_updates_received(
             pass
 
 
-@pytest.mark.parametrize("seconds", [0, -1])
-async def test_send_command_refuses_a_timeout_not_positive_before_queueing(
-    cp: RunningControlPlane, open_agent: OpenAgent, seconds: float
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(0, "0"), (-1, "-1"), (1e-9, "1e-09"), (0.0009, "0.0009")]
+)
+async def test_send_command_refuses_a_timeout_under_a_millisecond_before_queueing(
+    cp: RunningControlPlane, open_agent: OpenAgent, seconds: float, shown: str
 ) -> None:
     """The caller would be told at once that it timed out while its command
-    ran all the same: nothing is queued, nothing reaches the agent."""
+    ran all the same: nothing is queued, nothing reaches the agent. The
+    refusal names the timeout the caller gave, not one rounded to 0."""
     host_id, token = await cp.provision()
     agent = await open_agent(token)
     command = start(str(uuid.uuid4()))
 
-    with pytest.raises(InvalidRequest, match="the timeout must be positive"):
+    with pytest.raises(InvalidRequest) as caught:
         async for _ in cp.admin.send_command(host_id, command, seconds):
             pass
+
+    assert (
+        f"the timeout must be at least 0.001s (1 ms), got {shown}s; leave it out"
+        in str(caught.value)
+    )
 
     assert await cp.admin.list_commands(host_id) == []
     queued = await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))

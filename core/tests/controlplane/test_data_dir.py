@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nodevisor.controlplane import DataDirLocked, DataDirUnusable
-from nodevisor.controlplane._server import DATABASE_FILE
+from nodevisor.controlplane._server import DATABASE_FILE, check_listen
 from nodevisor.controlplane.testing import RunningControlPlane, running_control_plane
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +140,23 @@ async def test_a_readable_database_left_behind_is_made_owner_only(
             }
     finally:
         earlier.close()
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:99999", "nonsense", "127.0.0.1", "dns:///127.0.0.1:0"]
+)
+async def test_a_listen_address_not_host_port_is_refused_before_the_data_dir(
+    tmp_path: Path, listen: str
+) -> None:
+    with pytest.raises(ValueError, match=r"host:port"):
+        async with running_control_plane(tmp_path / "cp", listen=listen):
+            pass
+
+    assert not (tmp_path / "cp").exists()
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:0", "[::1]:65535", "localhost:50051", "0.0.0.0:0"]
+)
+def test_a_listen_address_host_port_is_taken(listen: str) -> None:
+    assert check_listen(listen) == listen

@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from blockjoy.api.v1 import host_pb2, host_pb2_grpc
-from nodevisor.controlplane import Unauthenticated
+from nodevisor.controlplane import InvalidRequest, Unauthenticated
 from nodevisor.controlplane.testing import RunningControlPlane
 
 pytestmark = pytest.mark.anyio
@@ -66,6 +66,21 @@ async def test_expired_otp_is_rejected(cp: RunningControlPlane) -> None:
         await provision(cp, otp)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "one-time password expired at" in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(0, "0"), (-1, "-1"), (1e-9, "1e-09"), (0.0009, "0.0009")]
+)
+async def test_an_otp_ttl_under_a_millisecond_is_refused_naming_it(
+    cp: RunningControlPlane, seconds: float, shown: str
+) -> None:
+    """As the CLI refuses it; the value is the one given, not one rounded."""
+    with pytest.raises(InvalidRequest) as caught:
+        await cp.admin.create_otp(ttl=seconds)
+
+    assert str(caught.value).endswith(
+        f"the otp ttl must be at least 0.001s (1 ms), got {shown}s"
+    )
 
 
 async def test_unknown_otp_is_rejected(cp: RunningControlPlane) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import anyio
 import grpc
 from anyio.streams.memory import MemoryObjectReceiveStream
+from google.protobuf import duration_pb2
 
 from blockjoy.api.v1 import command_flow_pb2
 
@@ -29,11 +30,14 @@ from ._errors import (
 from ._hub import Event, Follower, Hub
 from ._tokens import ADMIN_TOKEN_FILE, bearer_token
 
-__all__ = ["DEFAULT_OTP_TTL", "AdminServicer"]
+__all__ = ["DEFAULT_OTP_TTL", "MIN_SECONDS", "AdminServicer"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OTP_TTL = 3600.0
+#: The shortest otp ttl and command timeout taken: one millisecond. Less
+#: could not be used (and below a microsecond would reach us as 0).
+MIN_SECONDS = 0.001
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -59,9 +63,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self._authorize(context)
             ttl = DEFAULT_OTP_TTL
             if request.HasField("ttl"):
-                ttl = request.ttl.ToTimedelta().total_seconds()
-            if ttl <= 0:
-                raise InvalidRequest(f"the otp ttl must be positive, got {ttl}s")
+                ttl = _seconds(request.ttl)
+            if ttl < MIN_SECONDS:
+                raise InvalidRequest(
+                    f"the otp ttl must be at least {MIN_SECONDS:g}s (1 ms), "
+                    f"got {ttl:g}s"
+                )
             otp, expires_at = await self._db.call(self._db.create_otp, ttl)
         response = admin_pb2.CreateOtpResponse(otp=otp)
         response.expires_at.FromNanoseconds(int(expires_at * 1e9))
@@ -107,12 +114,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self._authorize(context)
             timeout = math.inf
             if request.HasField("timeout"):
-                timeout = request.timeout.ToTimedelta().total_seconds()
+                timeout = _seconds(request.timeout)
                 # Refused before queueing: the command would run all the
                 # same while its caller is told at once that it timed out.
-                if timeout <= 0:
+                if timeout < MIN_SECONDS:
                     raise InvalidRequest(
-                        f"the timeout must be positive, got {timeout:g}s; "
+                        f"the timeout must be at least {MIN_SECONDS:g}s (1 ms), "
+                        f"got {timeout:g}s; "
                         "leave it out to wait for the result without limit"
                     )
             # Watch before queueing, so that no early answer is missed; the
@@ -290,6 +298,11 @@ PAGE_SIZE = 1000
 PAGE_BYTES = MAX_MESSAGE_BYTES - 65536
 #: The most bytes of one command's record: a page holds at least one.
 RECORD_BYTES = MAX_MESSAGE_BYTES - 1024
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    """``duration`` in seconds, to the nanosecond (a timedelta stops at the µs)."""
+    return duration.ToNanoseconds() / 1e9
 
 
 def _page_token(token: str) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,12 +20,15 @@ from rich.table import Table
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 
+from .._config import check_api_url
 from .._logging import configure
 from .._output import console
 from ..admin.v1 import admin_pb2
+from ._admin_api import MIN_SECONDS
 from ._client import AdminClient
 from ._commands import NODE_ACTIONS, describe_update, generic_command, node_command
 from ._errors import CommandTimeout, ControlPlaneError, Unavailable
+from ._server import check_listen
 from ._server import serve as serve_forever
 
 __all__ = ["control_plane"]
@@ -60,11 +62,31 @@ data_dir_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="The control plane's data dir (env NODEVISOR_CP_DATA_DIR).",
 )
+
+
+def _address(
+    check: Callable[[str], str],
+) -> Callable[[click.Context, click.Parameter, str], str]:
+    """A click callback: ``check``'s ``ValueError`` as a usage error (exit 2),
+    before anything is dialled, bound or created."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
 api_option = click.option(
     "--api",
     envvar="NODEVISOR_CP_URL",
     default="127.0.0.1:50051",
     show_default=True,
+    # Checked as the agent checks its api_url: a URL or a mistyped address
+    # is not left to the resolver to refuse as "unreachable".
+    callback=_address(check_api_url),
     help="host:port of the control plane (env NODEVISOR_CP_URL).",
 )
 
@@ -114,7 +136,8 @@ def control_plane() -> None:
     "--listen",
     default="127.0.0.1:50051",
     show_default=True,
-    help="host:port to serve on.",
+    callback=_address(check_listen),
+    help="host:port to serve on; port 0 takes any free port.",
 )
 @data_dir_option
 def serve(listen: str, data_dir: Path) -> None:
@@ -132,15 +155,19 @@ def otp() -> None:
 
 
 def _seconds_up_to(
-    limit: float,
+    limit: float, in_words: str
 ) -> Callable[[click.Context, click.Parameter, float | None], float | None]:
-    """A click callback that refuses a number of seconds not in (0, limit]."""
+    """A click callback that refuses a number of seconds under the server's
+    minimum (one millisecond) or over ``limit`` (``in_words``, as "30 days")."""
 
     def check(
         ctx: click.Context, param: click.Parameter, value: float | None
     ) -> float | None:
-        if value is not None and not (math.isfinite(value) and 0 < value <= limit):
-            raise click.BadParameter(f"{value} is not between 0 and {limit:g} seconds")
+        if value is not None and not MIN_SECONDS <= value <= limit:  # NaN too
+            raise click.BadParameter(
+                f"must be at least {MIN_SECONDS:g} and at most {limit:.0f} "
+                f"seconds (1 ms to {in_words}), got {value:g}"
+            )
         return value
 
     return check
@@ -152,7 +179,7 @@ def _seconds_up_to(
     type=float,
     default=3600.0,
     show_default=True,
-    callback=_seconds_up_to(MAX_TTL),
+    callback=_seconds_up_to(MAX_TTL, "30 days"),
     help="Seconds the password stays valid.",
 )
 @api_option
@@ -305,7 +332,7 @@ node_option = click.option(
     "--timeout",
     type=float,
     default=None,
-    callback=_seconds_up_to(MAX_TIMEOUT),
+    callback=_seconds_up_to(MAX_TIMEOUT, "30 days"),
     help="Seconds to wait for the result; no limit by default.",
 )
 @click.option("--no-wait", is_flag=True, help="Only queue the command.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -62,7 +62,7 @@ class AdminClient:
 
     async def create_otp(self, ttl: float = 3600.0) -> str:
         request = admin_pb2.CreateOtpRequest()
-        request.ttl.FromTimedelta(datetime.timedelta(seconds=ttl))
+        request.ttl.FromNanoseconds(_nanoseconds(ttl))
         with self._translated():
             response = await self._stub.CreateOtp(request, metadata=self._metadata)
         return response.otp
@@ -115,8 +115,7 @@ class AdminClient:
         """
         request = admin_pb2.SendCommandRequest(host_id=host_id, command=command)
         if result_within is not None:
-            delta = datetime.timedelta(seconds=result_within)
-            request.timeout.FromTimedelta(delta)
+            request.timeout.FromNanoseconds(_nanoseconds(result_within))
         call = self._stub.SendCommand(request, metadata=self._metadata)
         try:
             with self._translated():
@@ -160,3 +159,12 @@ class AdminClient:
         raise ControlPlaneError(
             f"control plane at {self.address} ended SendCommand before queueing"
         )
+
+
+def _nanoseconds(seconds: float) -> int:
+    """``seconds`` for a ``Duration``: to the nanosecond, so that a server
+    that refuses it names the value given (a timedelta would round it to the
+    microsecond, and a tiny one to 0)."""
+    if not math.isfinite(seconds):
+        raise ValueError(f"{seconds} is not a number of seconds")
+    return round(seconds * 1e9)

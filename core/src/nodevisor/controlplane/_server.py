@@ -15,6 +15,7 @@ import grpc
 
 from blockjoy.api.v1 import command_flow_pb2_grpc, host_pb2_grpc
 
+from .._config import HOST_PORT
 from .._lock import exclusive
 from .._outbox import MAX_MESSAGE_BYTES
 from ..admin.v1 import admin_pb2_grpc
@@ -25,7 +26,7 @@ from ._errors import DataDirLocked, DataDirUnusable, Unavailable
 from ._hub import Hub
 from ._tokens import ensure_admin_token
 
-__all__ = ["DATABASE_FILE", "ControlPlane", "serve"]
+__all__ = ["DATABASE_FILE", "ControlPlane", "check_listen", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,40 @@ SERVER_OPTIONS = (
 DATABASE_FILE = "controlplane.sqlite3"
 
 
+def check_listen(value: str) -> str:
+    """Return ``value`` if it is an address to listen on; raise ``ValueError``.
+
+    That is ``host:port`` (``[::1]:port`` for IPv6), the agent's form of an
+    address, with a port from 0 to 65535: 0 takes any free port. gRPC would
+    take a larger port modulo 65536, and other targets than ``host:port`` do
+    not give an address that agents could be told.
+    """
+    match = HOST_PORT.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not host:port: expected for example 127.0.0.1:50051,"
+            " 0.0.0.0:50051 or [::1]:50051 (port 0 takes any free port)"
+        )
+    if int(match["port"]) > 65535:
+        raise ValueError(
+            f"{value!r} has port {match['port']}; a port is 0-65535 in host:port"
+            " (0 takes any free port)"
+        )
+    return value
+
+
 class ControlPlane:
     """A control plane serving ``data_dir`` on ``listen``.
 
     ``async with ControlPlane(data_dir, "127.0.0.1:0") as cp`` starts it;
     ``cp.address`` is then the address it listens on, with the real port.
+    A ``listen`` that is not ``host:port`` raises ``ValueError`` at once.
     """
 
     def __init__(
         self, data_dir: Path, listen: str = "127.0.0.1:50051", grace: float = 1.0
     ) -> None:
-        self.data_dir, self.listen, self.grace = data_dir, listen, grace
+        self.data_dir, self.listen, self.grace = data_dir, check_listen(listen), grace
         self.address = ""
         self.admin_token = ""
         self._hub = Hub()
