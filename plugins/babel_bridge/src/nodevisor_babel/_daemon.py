@@ -14,8 +14,9 @@ import contextlib
 import logging
 import logging.handlers
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,6 +29,7 @@ from .v1 import babel_pb2, babel_pb2_grpc
 __all__ = ["main", "serve"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _STATES = {
     State.RUNNING: babel_pb2.PROCESS_STATE_RUNNING,
@@ -41,19 +43,19 @@ class Babel(babel_pb2_grpc.BabelServiceServicer):
         self._done = done
 
     async def Start(self, request: Any, context: Any) -> babel_pb2.StartResponse:
-        await self.supervisor.start()
+        await _carried_out(self.supervisor.start(), context)
         return babel_pb2.StartResponse()
 
     async def Stop(self, request: Any, context: Any) -> babel_pb2.StopResponse:
-        clean, detail = await self.supervisor.stop()
+        clean, detail = await _carried_out(self.supervisor.stop(), context)
         return babel_pb2.StopResponse(clean=clean, detail=detail)
 
     async def Restart(self, request: Any, context: Any) -> babel_pb2.RestartResponse:
-        await self.supervisor.restart()
+        await _carried_out(self.supervisor.restart(), context)
         return babel_pb2.RestartResponse()
 
     async def Upgrade(self, request: Any, context: Any) -> babel_pb2.UpgradeResponse:
-        await self.supervisor.upgrade()
+        await _carried_out(self.supervisor.upgrade(), context)
         return babel_pb2.UpgradeResponse()
 
     async def Status(self, request: Any, context: Any) -> babel_pb2.StatusResponse:
@@ -94,9 +96,19 @@ class Babel(babel_pb2_grpc.BabelServiceServicer):
         return babel_pb2.RunCommandResponse(output=_calls.render(answer))
 
     async def Shutdown(self, request: Any, context: Any) -> babel_pb2.ShutdownResponse:
-        await self.supervisor.stop()
+        await _carried_out(self.supervisor.stop(), context)
         self._done.set()
         return babel_pb2.ShutdownResponse()
+
+
+async def _carried_out(call: Awaitable[T], context: Any) -> T:
+    """What ``call`` returns; its RuntimeFailure fails the RPC, with its message
+    (the node's processes outlived SIGKILL, say)."""
+    try:
+        return await call
+    except nodevisor.RuntimeFailure as exc:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        raise  # abort raises; this is for the type checker
 
 
 def _fill(answer: babel_pb2.StatusResponse, values: dict[str, Any]) -> None:

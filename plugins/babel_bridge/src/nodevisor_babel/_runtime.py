@@ -13,6 +13,12 @@ that it and the node keep running when the agent stops. Per node, under
 Its socket is ``<socket_dir>/<host_id>/<node_id>.sock``: Unix socket paths are short
 (108 bytes), too short for a data directory of any depth.
 
+A node's processes live no longer than its babel (see ``_procs``): what is
+left of them once their babel is gone is killed when the runtime sees it,
+in ``inspect``, ``list_nodes``, ``stop`` and ``delete``, so a node is never
+stopped, nor deleted, while a process of it still holds its data and ports.
+A babel that runs but does not answer is killed before a new one starts.
+
 An image is ``system`` (programs from the host's ``PATH``, e.g. Debian's
 ``litecoind``) or a directory under the ``images`` setting whose ``bin/``
 goes first on the node's ``PATH``. A runtime table in the catalogue may give
@@ -27,7 +33,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -50,6 +55,7 @@ from nodevisor import (
     StopOutcome,
 )
 
+from . import _procs
 from ._bridge import BabelBridge, babel_call
 from ._spec import BabelSpec
 from .v1 import babel_pb2
@@ -60,6 +66,8 @@ log = logging.getLogger(__name__)
 
 SYSTEM_IMAGE = "system"
 _READY_TIMEOUT = 20.0
+#: Seconds babel gets to end after it answered Shutdown.
+_SHUTDOWN_TIMEOUT = 5.0
 
 
 def _default_socket_dir() -> Path:
@@ -101,6 +109,12 @@ class BabelRuntime(BabelBridge, Runtime):
 
     async def stop(self, spec: NodeSpec) -> StopOutcome:
         if not await self._answers(spec.id):
+            killed = await anyio.to_thread.run_sync(self._end_orphans, spec.id)
+            if killed:
+                return StopOutcome(
+                    clean=False,
+                    detail=f"outlived its babel; killed by SIGKILL: {killed}",
+                )
             return StopOutcome(clean=True)
         answer = await self._call(
             spec.id, "Stop", babel_pb2.StopRequest(), spec.grace_period + 30
@@ -143,10 +157,12 @@ class BabelRuntime(BabelBridge, Runtime):
     async def delete(self, node_id: str) -> None:
         if not await anyio.Path(self.root / node_id).exists():
             return  # gone, or another host's
+        shut_down = False
         if await self._answers(node_id):
             with contextlib.suppress(RuntimeFailure):  # killed below if it hangs
                 await self._call(node_id, "Shutdown", babel_pb2.ShutdownRequest(), 300)
-        await anyio.to_thread.run_sync(self._remove, node_id)
+                shut_down = True
+        await anyio.to_thread.run_sync(self._remove, node_id, shut_down)
         log.info("node %s deleted", node_id)
 
     async def inspect(self, node_id: str) -> RuntimeNode | None:
@@ -154,6 +170,8 @@ class BabelRuntime(BabelBridge, Runtime):
         if record is None:
             return None
         running = await self._answers(node_id) and await self._running(node_id)
+        if not running:  # stopped it is, then, with nothing left of it running
+            await anyio.to_thread.run_sync(self._end_orphans, node_id)
         return RuntimeNode(
             id=node_id,
             name=record["name"],
@@ -276,6 +294,7 @@ class BabelRuntime(BabelBridge, Runtime):
 
     def _spawn_babel(self, node_id: str) -> None:
         folder = self.root / node_id
+        self._kill_babel(node_id, "it runs but does not answer")
         self.babel_socket(node_id).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         argv = [
             sys.executable, "-m", "nodevisor_babel",
@@ -294,16 +313,57 @@ class BabelRuntime(BabelBridge, Runtime):
         (folder / "babel.pid").write_text(str(babel.pid))
         log.info("node %s: babel started as process %d", node_id, babel.pid)
 
-    def _remove(self, node_id: str) -> None:
+    def _remove(self, node_id: str, shut_down: bool) -> None:
         folder = self.root / node_id
-        for name in ("node.pid", "babel.pid"):
-            _kill(folder / name)
+        # babel first: it takes its node's process with it, or would restart it
+        babel = _procs.babel_alive(folder / "babel.pid", folder / "babel.json")
+        if babel and not (shut_down and _procs.ended_within(babel, _SHUTDOWN_TIMEOUT)):
+            self._kill_babel(node_id, "it did not shut down for the delete")
+        self._end_orphans(node_id)
         socket = self.babel_socket(node_id)
         socket.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
         # The host's socket folder goes with its last node.
         with contextlib.suppress(OSError):
             socket.parent.rmdir()
+
+    def _kill_babel(self, node_id: str, why: str) -> None:
+        """SIGKILL the node's babel, if it lives: its node goes with it."""
+        folder = self.root / node_id
+        pid = _procs.babel_alive(folder / "babel.pid", folder / "babel.json")
+        if not pid:
+            return
+        log.warning("node %s: killing its babel, process %d: %s", node_id, pid, why)
+        try:
+            _procs.kill_process(pid)
+        except RuntimeFailure as exc:
+            raise RuntimeFailure(f"node {node_id}: its babel: {exc}") from exc
+
+    def _end_orphans(self, node_id: str) -> str:
+        """SIGKILL what lives of the node's processes if its babel is gone.
+
+        Returns what was killed, or "" if nothing was. Raises RuntimeFailure
+        if some of it outlives SIGKILL.
+        """
+        folder = self.root / node_id
+        # node.pid before babel.pid: a babel started meanwhile writes its
+        # babel.pid long before it starts a node and writes node.pid.
+        pgid, members = _procs.node_group(folder / "node.pid", node_id, folder / "data")
+        if not members or _procs.babel_alive(
+            folder / "babel.pid", folder / "babel.json"
+        ):
+            return ""
+        killed = _procs.describe(members)
+        try:
+            _procs.kill_group(pgid, members)
+        except RuntimeFailure as exc:
+            raise RuntimeFailure(f"node {node_id}: {exc}") from exc
+        log.warning(
+            "node %s: its processes outlived its babel; killed them: %s",
+            node_id,
+            killed,
+        )
+        return killed
 
     def _record(self, node_id: str) -> dict[str, str] | None:
         try:
@@ -319,13 +379,3 @@ class BabelRuntime(BabelBridge, Runtime):
 
 def _command(spec: NodeSpec) -> tuple[str, ...]:
     return tuple(spec.options.get("command", spec.command))
-
-
-def _kill(pid_file: Path) -> None:
-    """SIGKILL the process group named in ``pid_file``, if it is still there."""
-    try:
-        pid = int(pid_file.read_text())
-    except (FileNotFoundError, ValueError):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

@@ -4,6 +4,12 @@ The supervisor starts the spec's command in a process group of its own,
 copies what it prints into a rotating log, stops it with the spec's signal
 and grace period then SIGKILL, and starts it again, after a growing delay,
 when it ends on its own while it should run.
+
+The node's processes live no longer than babel: the kernel SIGKILLs the
+node's process when babel ends, even by SIGKILL, and before the supervisor
+starts the node it kills what is left of the group ``node.pid`` records (see
+``_procs``), so that a new process never finds the node's data locked and
+its ports taken by an old one.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import signal
 import time
 from pathlib import Path
 
+from nodevisor import RuntimeFailure
+
+from . import _procs
 from ._spec import BabelSpec
 
 __all__ = ["State", "Supervisor"]
@@ -83,11 +92,22 @@ class Supervisor:
                 await self._spawn()
 
     async def _spawn(self) -> None:
+        """Start the node's process, after what is left of an earlier one.
+
+        Called in the event loop's thread, babel's main thread, which lasts
+        as long as babel: the kernel kills the process when the thread that
+        started it ends (``_procs.die_with_parent``).
+        """
         spec = self.spec
+        await self._end_leftovers("left from before")
         environment = {**os.environ, **spec.environment}
         environment["PATH"] = os.pathsep.join([*spec.path, environment["PATH"]])
+        environment[_procs.NODE_VARIABLE] = spec.node_id  # to know it by later
+        argv = _procs.die_with_parent(
+            spec.command, path=environment["PATH"], cwd=spec.workdir
+        )
         self._process = await asyncio.create_subprocess_exec(
-            *spec.command,
+            *argv,
             cwd=spec.workdir,
             env=environment,
             stdin=asyncio.subprocess.DEVNULL,
@@ -117,6 +137,8 @@ class Supervisor:
             await process.wait()
             clean = False
         self.detail = "killed by SIGKILL" if not clean else _ended(process.returncode)
+        # The process's children may outlive it, holding the node's ports.
+        await self._end_leftovers("left after its process ended")
         self._pid_file.unlink(missing_ok=True)
         self._output.info("babel: stopped: %s", self.detail)
         log.info("node %s: stopped: %s", spec.node_id, self.detail)
@@ -146,7 +168,36 @@ class Supervisor:
         async with self._lock:
             if self._wanted is State.RUNNING and self._process is ended:
                 log.warning("node %s: starting it again", self.spec.node_id)
-                await self._spawn()
+                try:
+                    await self._spawn()
+                except RuntimeFailure as exc:  # no one to tell but the logs
+                    self.detail = str(exc)
+                    self._output.info("babel: cannot start it again: %s", exc)
+                    log.error(
+                        "node %s: cannot start it again: %s", self.spec.node_id, exc
+                    )
+
+    async def _end_leftovers(self, which: str) -> None:
+        """SIGKILL what lives of the node's process group in ``node.pid``.
+
+        That is the children of a process that ended, or the processes of a
+        babel that was killed before babel took its node's process with it.
+        Raises RuntimeFailure if they outlive SIGKILL.
+        """
+        spec = self.spec
+        try:
+            killed = await asyncio.to_thread(
+                _procs.kill_node_group, self._pid_file, spec.node_id, spec.workdir
+            )
+        except RuntimeFailure as exc:
+            raise RuntimeFailure(f"node {spec.node_id}: {exc}") from exc
+        if killed:
+            self._output.info(
+                "babel: killed the node's processes %s: %s", which, killed
+            )
+            log.warning(
+                "node %s: killed its processes %s: %s", spec.node_id, which, killed
+            )
 
     def log_line(self, message: str, *args: object) -> None:
         """A line in the node's log, for what babel did on request."""
