@@ -171,3 +171,41 @@ def test_an_endless_interval_is_refused(tmp_path):
     file.write_text("protocol_interval = inf\n")
     with pytest.raises(ConfigError, match="protocol_interval = inf: "):
         load_config(file)
+
+
+def test_a_misspelled_variable_is_refused_naming_the_key(tmp_path, monkeypatch):
+    """A typo in a variable would leave the default silently in place."""
+    file = tmp_path / "config.toml"
+    file.write_text('runtime = "memory"\n')
+    monkeypatch.setenv("NODEVISOR_RECONCILE_INTERVALS", "5")
+    monkeypatch.setenv("NODEVISOR_DATADIR", "/tmp/x")
+    with pytest.raises(ConfigError) as raised:
+        load_config(file)
+    assert str(raised.value).splitlines() == [
+        "NODEVISOR_DATADIR is not a config variable; did you mean NODEVISOR_DATA_DIR?",
+        "NODEVISOR_RECONCILE_INTERVALS is not a config variable; did you mean "
+        "NODEVISOR_RECONCILE_INTERVAL?",
+    ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "NODEVISOR_CONFIG",
+        "NODEVISOR_CP_URL",
+        "NODEVISOR_CP_DATA_DIR",
+        "NODEVISOR_REQUIRE_DOCKER",
+        "NODEVISOR_REQUIRE_LIBVIRT",
+        "NODEVISOR_FAULT_SEED",
+        "NODEVISOR_LIBVIRT_IMAGES",
+        "NODEVISOR_BABEL_NODE",
+        "NODEVISOR_SOMETHING_ELSE_ENTIRELY",
+    ],
+)
+def test_other_nodevisor_variables_pass(tmp_path, monkeypatch, name):
+    file = tmp_path / "config.toml"
+    file.write_text('runtime = "memory"\n')
+    monkeypatch.setenv(name, "1")
+    if name == "NODEVISOR_CONFIG":
+        monkeypatch.setenv(name, str(file))
+    assert load_config(file).runtime == "memory"

@@ -15,6 +15,7 @@ environment; the environment wins. Tables nest with ``__``:
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -148,6 +149,9 @@ def load_config(path: Path | None = None) -> AgentConfig:
     data: dict[str, Any] = {}
     if explicit is not None or file.exists():
         data = _read_toml(file)
+    misspelled = _misspelled_variables()
+    if misspelled:
+        raise ConfigError("\n".join(misspelled))
     try:
         from_env = AgentConfig()
     except (pydantic.ValidationError, SettingsError) as exc:
@@ -202,6 +206,35 @@ def _explain(exc: pydantic.ValidationError | SettingsError, prefix: str = "") ->
             continue
         lines.append(f"  {key} = {error['input']!r}: {message}")
     return "\n".join(lines)
+
+
+#: ``NODEVISOR_*`` variables that are not config keys: nodevisor's other
+#: commands read them.
+OTHER_VARIABLES = frozenset({"config", "cp_url", "cp_data_dir", "babel_node"})
+
+
+def _misspelled_variables() -> list[str]:
+    """A line for each ``NODEVISOR_*`` variable that looks like a key, misspelled.
+
+    The file refuses a key it does not know; a variable that is no key would
+    be ignored, and a typo would silently leave the default in place. Names
+    close to no key may be any tool's, and pass.
+    """
+    keys = [key for key in AgentConfig.model_fields if key != "runtimes"]
+    problems = []
+    for name in sorted(os.environ):
+        if not name.startswith("NODEVISOR_") or name.startswith("NODEVISOR_RUNTIMES__"):
+            continue
+        key = name[len("NODEVISOR_") :].lower()
+        if key in keys or key in OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+        if close:
+            problems.append(
+                f"{name} is not a config variable; did you mean "
+                f"NODEVISOR_{close[0].upper()}?"
+            )
+    return problems
 
 
 def _runtime_overrides() -> dict[str, Any]:
