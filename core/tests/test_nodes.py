@@ -596,3 +596,25 @@ async def test_a_failed_stop_leaves_the_node_expected_running(manager, memory, n
         await manager.stop(new_id)
     node = await manager.require(new_id)
     assert (node.status, node.expected) == (NodeStatus.Running, NodeStatus.Running)
+
+
+async def test_a_failed_delete_is_not_carried_out_later(manager, memory, new_id):
+    await manager.create(new_id, create())
+    memory.fail.add("delete")
+    with pytest.raises(RuntimeFailure):
+        await manager.delete(new_id)
+    node = await manager.require(new_id)
+    assert node.expected is NodeStatus.Stopped
+    memory.fail.clear()
+    assert not manager.out_of_step(node, await memory.inspect(new_id))
+
+
+async def test_a_failed_snapshot_leaves_the_node_stopped_as_expected(
+    manager, memory, new_id
+):
+    await manager.create(new_id, create())
+    memory.fail.add("snapshot")
+    with pytest.raises(RuntimeFailure):
+        await manager.snapshot(new_id)
+    node = await manager.require(new_id)
+    assert (node.status, node.expected) == (NodeStatus.Stopped, NodeStatus.Stopped)

@@ -495,13 +495,18 @@ class NodeManager:
         node = await self.require(node_id)
         self._need(node, S.Running, S.Stopped, command="delete")
         runtime = self.runtime(node.runtime)
+        before = node.expected
         node = self._expect(node, S.Deleted)
-        if node.status is S.Running and await runtime.inspect(node_id) is None:
-            node = await self._save(node.replace(status=S.Stopped), "found absent")
-        if node.status is S.Running:
-            node, _ = await self._stop(node, runtime)
-        node = await self._move(node, S.Deleting)
-        await self._guarded(node, runtime, runtime.delete(node_id))
+        try:
+            if node.status is S.Running and await runtime.inspect(node_id) is None:
+                node = await self._save(node.replace(status=S.Stopped), "found absent")
+            if node.status is S.Running:
+                node, _ = await self._stop(node, runtime)
+            node = await self._move(node, S.Deleting)
+            await self._guarded(node, runtime, runtime.delete(node_id))
+        except RuntimeFailure:
+            await self._expect_again(node_id, before)
+            raise
         await self._move(node, S.Deleted)
         kept = self.snapshot_dir / node_id
         if await anyio.Path(kept).exists():
@@ -514,13 +519,18 @@ class NodeManager:
         if not runtime.capabilities.snapshot:
             raise NotSupported(f"runtime {runtime.name!r} cannot snapshot nodes")
         self._need(node, S.Stopped, command="snapshot")
+        before = node.expected
         node = self._expect(node, S.Running)
         destination = self.snapshot_dir / node_id
         await anyio.Path(destination).mkdir(mode=0o700, parents=True, exist_ok=True)
         node = await self._move(node, S.Snapshotting)
-        path = await self._guarded(
-            node, runtime, _written(runtime, node_id, destination, self.spec(node))
-        )
+        try:
+            path = await self._guarded(
+                node, runtime, _written(runtime, node_id, destination, self.spec(node))
+            )
+        except RuntimeFailure:
+            await self._expect_again(node_id, before)
+            raise
         await self._start(node, runtime)
         return f"node {node_id} snapshot written to {path}"
 
