@@ -13,12 +13,13 @@ methods need no lock of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
@@ -205,12 +206,22 @@ class NodeManager:
                 self._expect(node, expected), f"now expected {expected.name}"
             )
 
-    async def _expect_again(self, node_id: str, expected: NodeStatus) -> None:
-        """After a command failed: what was expected of the node before it.
+    @contextlib.asynccontextmanager
+    async def _undone_if_refused(self, node: NodeRecord) -> AsyncIterator[None]:
+        """Around a command's steps: if the runtime refuses one, the node is
+        expected again what it was before the command.
 
         The control plane has the failure as the command's result; the
         reconciler must not carry the command out later behind its back.
         """
+        try:
+            yield
+        except RuntimeFailure:
+            await self._expect_again(node.id, node.expected)
+            raise
+
+    async def _expect_again(self, node_id: str, expected: NodeStatus) -> None:
+        """Record ``expected`` as what is expected of the node, unreported."""
         node = await self._record(node_id)
         if node is not None and node.expected is not expected:
             # Not reported: NodeInfo does not carry what is expected.
@@ -317,12 +328,8 @@ class NodeManager:
             return f"node {node_id} is running already"
         self._need(node, S.Stopped, command="start")
         runtime = self.runtime(node.runtime)
-        before = node.expected
-        try:
+        async with self._undone_if_refused(node):
             await self._start(self._expect(node, S.Running), runtime)
-        except RuntimeFailure:
-            await self._expect_again(node_id, before)
-            raise
         return f"node {node_id} started"
 
     async def _start(self, node: NodeRecord, runtime: Runtime) -> NodeRecord:
@@ -349,12 +356,8 @@ class NodeManager:
             return f"node {node_id} is stopped already"
         self._need(node, S.Running, command="stop")
         runtime = self.runtime(node.runtime)
-        before = node.expected
-        try:
+        async with self._undone_if_refused(node):
             _, unclean = await self._stop(self._expect(node, S.Stopped), runtime)
-        except RuntimeFailure:
-            await self._expect_again(node_id, before)
-            raise
         if unclean:
             return f"node {node_id} stopped uncleanly: {unclean}"
         return f"node {node_id} stopped"
@@ -379,16 +382,12 @@ class NodeManager:
         node = await self.require(node_id)
         self._need(node, S.Running, S.Stopped, command="restart")
         runtime = self.runtime(node.runtime)
-        before = node.expected
-        node = self._expect(node, S.Running)
-        unclean = ""
-        try:
+        async with self._undone_if_refused(node):
+            node = self._expect(node, S.Running)
+            unclean = ""
             if node.status is S.Running:
                 node, unclean = await self._stop(node, runtime)
             await self._start(node, runtime)
-        except RuntimeFailure:
-            await self._expect_again(node_id, before)
-            raise
         if unclean:
             return f"node {node_id} restarted; its stop was unclean: {unclean}"
         return f"node {node_id} restarted"
@@ -495,18 +494,14 @@ class NodeManager:
         node = await self.require(node_id)
         self._need(node, S.Running, S.Stopped, command="delete")
         runtime = self.runtime(node.runtime)
-        before = node.expected
-        node = self._expect(node, S.Deleted)
-        try:
+        async with self._undone_if_refused(node):
+            node = self._expect(node, S.Deleted)
             if node.status is S.Running and await runtime.inspect(node_id) is None:
                 node = await self._save(node.replace(status=S.Stopped), "found absent")
             if node.status is S.Running:
                 node, _ = await self._stop(node, runtime)
             node = await self._move(node, S.Deleting)
             await self._guarded(node, runtime, runtime.delete(node_id))
-        except RuntimeFailure:
-            await self._expect_again(node_id, before)
-            raise
         await self._move(node, S.Deleted)
         kept = self.snapshot_dir / node_id
         if await anyio.Path(kept).exists():
@@ -519,18 +514,14 @@ class NodeManager:
         if not runtime.capabilities.snapshot:
             raise NotSupported(f"runtime {runtime.name!r} cannot snapshot nodes")
         self._need(node, S.Stopped, command="snapshot")
-        before = node.expected
-        node = self._expect(node, S.Running)
-        destination = self.snapshot_dir / node_id
-        await anyio.Path(destination).mkdir(mode=0o700, parents=True, exist_ok=True)
-        node = await self._move(node, S.Snapshotting)
-        try:
+        async with self._undone_if_refused(node):
+            node = self._expect(node, S.Running)
+            destination = self.snapshot_dir / node_id
+            await anyio.Path(destination).mkdir(mode=0o700, parents=True, exist_ok=True)
+            node = await self._move(node, S.Snapshotting)
             path = await self._guarded(
                 node, runtime, _written(runtime, node_id, destination, self.spec(node))
             )
-        except RuntimeFailure:
-            await self._expect_again(node_id, before)
-            raise
         await self._start(node, runtime)
         return f"node {node_id} snapshot written to {path}"
 

@@ -74,15 +74,7 @@ async def test_a_directory_in_place_of_the_database_is_unusable_and_nothing_held
     data_dir = tmp_path / "cp"
     (data_dir / DATABASE_FILE).mkdir(parents=True)
 
-    with pytest.raises(DataDirUnusable) as caught:
-        async with running_control_plane(data_dir):
-            pass
-
-    assert_one_sentence_naming(caught.value, data_dir)
-    assert DATABASE_FILE in str(caught.value)
-    (data_dir / DATABASE_FILE).rmdir()
-    async with running_control_plane(data_dir) as cp:
-        assert await cp.admin.list_hosts() == []
+    await refused_then_starts_once_repaired(data_dir, (data_dir / DATABASE_FILE).rmdir)
 
 
 async def test_a_file_that_is_no_database_is_unusable_and_nothing_held(
@@ -92,13 +84,19 @@ async def test_a_file_that_is_no_database_is_unusable_and_nothing_held(
     data_dir.mkdir()
     (data_dir / DATABASE_FILE).write_bytes(b"this is not an SQLite database" * 100)
 
+    await refused_then_starts_once_repaired(data_dir, (data_dir / DATABASE_FILE).unlink)
+
+
+async def refused_then_starts_once_repaired(data_dir: Path, repair) -> None:
+    """The database cannot be opened: one sentence naming the data dir and
+    the database; once ``repair`` has run, the same data dir starts."""
     with pytest.raises(DataDirUnusable) as caught:
         async with running_control_plane(data_dir):
             pass
 
     assert_one_sentence_naming(caught.value, data_dir)
     assert DATABASE_FILE in str(caught.value)
-    (data_dir / DATABASE_FILE).unlink()
+    repair()
     async with running_control_plane(data_dir) as cp:
         assert await cp.admin.list_hosts() == []
 
