@@ -7,7 +7,13 @@ import anyio.lowlevel
 import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2
-from nodevisor._outbox import MAX_MESSAGE_BYTES, Outbox
+from nodevisor._outbox import (
+    BATCH_BYTES,
+    MAX_MESSAGE_BYTES,
+    Outbox,
+    batched,
+    in_batches,
+)
 from nodevisor._store import Store, StoreRunner
 
 pytestmark = pytest.mark.anyio
@@ -231,3 +237,82 @@ async def test_updates_a_stream_carried_long_enough_ago_count_as_delivered(tmp_p
     store = Store(tmp_path / "s.db")
     assert store.outbox() == []
     store.close()
+
+
+def unbatch(message: bytes) -> list[tuple[int, str]]:
+    update = command_flow_pb2.InfoUpdate.FromString(message)
+    assert update.WhichOneof("info") == "batch"
+    return [(u.seq, u.command.id.value) for u in update.batch.updates]
+
+
+async def test_updates_durable_together_are_taken_together_in_order(tmp_path):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        for n in range(5):
+            outbox.put(result(n))
+
+        payloads = await outbox.take(BATCH_BYTES)
+        outbox.sent()
+
+        taken = unbatch(batched(payloads))
+        assert [name for _, name in taken] == [f"c-{n}" for n in range(5)]
+        assert [parse(p) for p in payloads] == taken
+        seqs = [seq for seq, _ in taken]
+        assert seqs == sorted(seqs) and seqs[0] > 0
+        # sent, not confirmed: a new stream sends them all again, in order
+        assert outbox.rewind() == 5
+        assert [parse(p) for p in await outbox.take(BATCH_BYTES)] == taken
+    db.store.close()
+
+
+async def test_a_take_is_bounded_by_count_and_bytes(tmp_path):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        for n in range(6):
+            outbox.put(result(n))
+        one = len(await outbox.next())
+
+        assert len(await outbox.take(BATCH_BYTES, most=2)) == 2
+        assert len(await outbox.take(2 * one + 12)) == 2  # two and their framing
+        assert len(await outbox.take(0)) == 1  # the default: one at a time
+        outbox.sent()
+        assert [parse(p)[1] for p in await outbox.take(BATCH_BYTES)] == [
+            f"c-{n}" for n in range(1, 6)
+        ]
+    db.store.close()
+
+
+async def test_a_take_stops_before_an_update_not_yet_durable(tmp_path):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        outbox = Outbox(db)
+        outbox.put(result(0))
+        await outbox.take(BATCH_BYTES)  # c-0 is durable
+        outbox.put(result(1))  # queued, its write not yet committed
+
+        assert [parse(p)[1] for p in await outbox.take(BATCH_BYTES)] == ["c-0"]
+        outbox.sent()
+        assert [parse(p)[1] for p in await outbox.take(BATCH_BYTES)] == ["c-1"]
+    db.store.close()
+
+
+def test_a_batch_is_the_updates_as_they_stand():
+    payloads = [result(n).SerializeToString() for n in range(3)]
+    big = result(9)
+    big.command.response = "x" * 300  # a length that takes two bytes
+
+    assert batched(payloads[:1]) == payloads[0]
+    message = command_flow_pb2.InfoUpdate.FromString(
+        batched([*payloads, big.SerializeToString()])
+    )
+    assert list(message.batch.updates) == [*map(result, range(3)), big]
+
+
+def test_updates_are_cut_into_batches_no_larger_than_asked():
+    payloads = [result(n).SerializeToString() for n in range(10)]
+    size = len(payloads[0])
+
+    messages = in_batches(payloads, max_bytes=3 * (size + 6))
+
+    assert [len(unbatch(m)) for m in messages[:-1]] == [3, 3, 3]
+    assert messages[-1] == payloads[9]
+    assert in_batches(payloads, max_bytes=0) == payloads

@@ -10,6 +10,11 @@ carried counts as delivered (``carried``). A control plane that confirms
 says so when the stream opens, in its response headers
 (``CONFIRMS_UPDATES_HEADER``), so that an agent fresh from a restart never
 mistakes it for one that does not while it is slow to store.
+
+Toward a control plane that reads batches (``BATCHES_HEADER``), updates that
+are durable at the same moment go out together, in one ``InfoUpdateBatch``
+(``take`` and ``batched``): under load, one message of the stream then
+carries the acks, transitions and results of many commands.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from blockjoy.api.v1 import command_flow_pb2
 
 from ._store import StoreRunner, WriteAbandoned
 
-__all__ = ["CONFIRMS_UPDATES_HEADER", "MAX_MESSAGE_BYTES", "Outbox"]
+__all__ = [
+    "BATCHES_HEADER",
+    "BATCH_BYTES",
+    "CONFIRMS_UPDATES_HEADER",
+    "MAX_MESSAGE_BYTES",
+    "Outbox",
+    "batched",
+    "in_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +50,15 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: The response header, with the value ``"1"``, of a control plane that
 #: confirms updates with ``UpdatesReceived``.
 CONFIRMS_UPDATES_HEADER = "nodevisor-confirms-updates"
+
+#: The header, with the value ``"1"``, by which each side of a stream says it
+#: reads batches: the agent in its request headers (``CommandBatch``), the
+#: control plane in its response headers (``InfoUpdateBatch``).
+BATCHES_HEADER = "nodevisor-batches"
+
+#: The most bytes of updates one batch carries. A batch is only made of
+#: updates that are ready together; a larger single update goes on its own.
+BATCH_BYTES = 512 * 1024
 
 
 @dataclass(eq=False)  # entries are told apart by identity
@@ -57,8 +79,8 @@ class Outbox:
         self._db = db
         self._entries: deque[_Entry] = deque()
         self._cursor = 0
-        #: The update ``next`` returned, until ``sent`` is told it went out.
-        self._sending: _Entry | None = None
+        #: The updates ``take`` returned, until ``sent`` is told they went out.
+        self._sending: list[_Entry] = []
         self._ready = anyio.Event()
         self._empty = anyio.Event()
         self._empty.set()
@@ -105,11 +127,39 @@ class Outbox:
     def rewind(self) -> int:
         """Start over for a new stream; how many updates it must send again."""
         self._cursor = 0
-        self._sending = None
+        self._sending = []
         return len(self._entries)
 
     async def next(self) -> bytes:
         """The next update to send, with its number, once it is durable."""
+        return (await self.take())[0]
+
+    async def take(self, max_bytes: int = 0, most: int | None = None) -> list[bytes]:
+        """The next updates to send, each with its number, once durable.
+
+        The first waits until it is durable; those after it are added while
+        they are durable already, number at most ``most`` in all and come to
+        at most ``max_bytes`` together (with the default 0, one update).
+        ``sent()`` is then told that they went out.
+        """
+        payload = await self._first()
+        taken, size = [payload], len(payload)
+        index = self._cursor + 1
+        while index < len(self._entries) and (most is None or len(taken) < most):
+            entry = self._entries[index]
+            seq = entry.seq  # None while it is written, or if it failed
+            if not seq:
+                break  # sent by a later ``take``, which waits or drops it
+            payload = entry.payload + _numbered(seq)
+            size += len(payload) + _FRAMING
+            if size > max_bytes:
+                break
+            taken.append(payload)
+            self._sending.append(entry)
+            index += 1
+        return taken
+
+    async def _first(self) -> bytes:
         while True:
             while self._cursor >= len(self._entries):
                 self._ready = anyio.Event()
@@ -126,7 +176,7 @@ class Outbox:
             except Exception as exc:  # not durable: send it once, unnumbered
                 log.error("an update could not be stored (%r); sending it anyway", exc)
                 seq = 0
-            self._sending = entry
+            self._sending = [entry]
             return entry.payload + _numbered(seq)
 
     def _drop(self, entry: _Entry) -> None:
@@ -136,20 +186,23 @@ class Outbox:
             self._empty.set()
 
     def sent(self) -> None:
-        """The update ``next`` returned went out on the stream.
+        """The updates ``take`` returned went out on the stream.
 
-        The control plane may have confirmed it already, while the write
-        was still returning: then it has left the outbox, and the cursor
+        The control plane may have confirmed some already, while the write
+        was still returning: those have left the outbox, and the cursor
         stands on the next update, which is yet to be sent.
         """
-        entry, self._sending = self._sending, None
-        if entry is None:
-            return
-        entry.sent_at = time.monotonic()
-        if entry.seq is None:
-            self._drop(entry)  # unnumbered: nothing will confirm it
-        elif self._cursor < len(self._entries) and self._entries[self._cursor] is entry:
-            self._cursor += 1
+        sending, self._sending = self._sending, []
+        now = time.monotonic()
+        for entry in sending:
+            entry.sent_at = now
+            if entry.seq is None:
+                self._drop(entry)  # unnumbered: nothing will confirm it
+            elif (
+                self._cursor < len(self._entries)
+                and self._entries[self._cursor] is entry
+            ):
+                self._cursor += 1
 
     def confirm(self, up_to: int) -> None:
         """The control plane stored every update up to ``up_to``."""
@@ -191,6 +244,55 @@ class Outbox:
     async def wait_empty(self) -> None:
         """Return once the control plane has confirmed every update."""
         await self._empty.wait()
+
+
+def batched(payloads: list[bytes]) -> bytes:
+    """One message carrying ``payloads``, serialised ``InfoUpdate``s, in order.
+
+    A single update is its own message. Several go in the ``batch`` of one
+    ``InfoUpdate``, framed as the repeated field ``InfoUpdateBatch.updates``
+    as they stand, unparsed.
+    """
+    if len(payloads) == 1:
+        return payloads[0]
+    inner = b"".join(_length_delimited(_UPDATES_FIELD, p) for p in payloads)
+    return _length_delimited(_BATCH_FIELD, inner)
+
+
+def in_batches(payloads: list[bytes], max_bytes: int = BATCH_BYTES) -> list[bytes]:
+    """``payloads`` as messages: batches of at most ``max_bytes``, in order."""
+    messages: list[bytes] = []
+    batch: list[bytes] = []
+    size = 0
+    for payload in payloads:
+        if batch and size + len(payload) + _FRAMING > max_bytes:
+            messages.append(batched(batch))
+            batch, size = [], 0
+        batch.append(payload)
+        size += len(payload) + _FRAMING
+    if batch:
+        messages.append(batched(batch))
+    return messages
+
+
+#: Field numbers of ``InfoUpdateBatch.updates`` and ``InfoUpdate.batch``.
+_UPDATES_FIELD = command_flow_pb2.InfoUpdateBatch.UPDATES_FIELD_NUMBER
+_BATCH_FIELD = command_flow_pb2.InfoUpdate.BATCH_FIELD_NUMBER
+#: What framing adds to an update in a batch, at most: a tag and a length.
+_FRAMING = 6
+
+
+def _length_delimited(number: int, data: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _numbered(seq: int) -> bytes:

@@ -15,7 +15,15 @@ import grpc
 from blockjoy.api.v1 import command_flow_pb2
 
 from ._credentials import Credentials
-from ._outbox import CONFIRMS_UPDATES_HEADER, MAX_MESSAGE_BYTES, Outbox
+from ._outbox import (
+    BATCH_BYTES,
+    BATCHES_HEADER,
+    CONFIRMS_UPDATES_HEADER,
+    MAX_MESSAGE_BYTES,
+    Outbox,
+    batched,
+    in_batches,
+)
 
 __all__ = ["CHANNEL_OPTIONS", "Backoff", "CommandStream", "SilentPeer"]
 
@@ -76,7 +84,9 @@ class CommandStream:
 
     Each new stream, on a new channel, first carries every update the control
     plane has not confirmed, then ``greeting()`` (HostInfo and every
-    NodeInfo, made afresh), then whatever comes next.
+    NodeInfo, made afresh), then whatever comes next. Once the control plane
+    has said it reads batches, updates that are ready together go out as one
+    message; the agent reads the control plane's batches from the start.
     """
 
     #: A stream that stayed up this long resets the backoff.
@@ -109,6 +119,8 @@ class CommandStream:
         #: reconnects: a new stream through a black hole confirms nothing,
         #: and must still be found silent.
         self._confirming = False
+        #: Whether the control plane of the open stream reads batches.
+        self._batches = False
         #: Why a helper of the open stream cancelled its call, if one did.
         self._broken: Exception | None = None
         self.connected = anyio.Event()
@@ -153,8 +165,11 @@ class CommandStream:
                 request_serializer=bytes,
                 response_deserializer=Command.FromString,
             )
-            call = commands(metadata=self.credentials.metadata)
+            call = commands(
+                metadata=(*self.credentials.metadata, (BATCHES_HEADER, "1"))
+            )
             self._broken = None
+            self._batches = False
             helpers = [
                 asyncio.create_task(
                     self._guard(self._write(call), call), name="stream writer"
@@ -204,10 +219,17 @@ class CommandStream:
             command = await call.read()
             if command is grpc.aio.EOF:
                 return
-            if command.WhichOneof("type") == "received":
-                self._confirming = True
-                self.outbox.confirm(command.received.up_to)
-                continue
+            self._take(command)
+
+    def _take(self, command: Command) -> None:
+        kind = command.WhichOneof("type")
+        if kind == "batch":
+            for each in command.batch.commands:
+                self._take(each)
+        elif kind == "received":
+            self._confirming = True
+            self.outbox.confirm(command.received.up_to)
+        else:
             self._on_command(command)
 
     async def _learn(self, call: grpc.aio.StreamStreamCall) -> None:
@@ -221,10 +243,15 @@ class CommandStream:
         except Exception as exc:  # the stream failed; its reader reports why
             log.debug("no response headers from the control plane: %r", exc)
             return
-        if headers is not None and headers.get(CONFIRMS_UPDATES_HEADER) == "1":
+        if headers is None:
+            return
+        if headers.get(CONFIRMS_UPDATES_HEADER) == "1":
             if not self._confirming:
                 log.debug("the control plane confirms updates")
             self._confirming = True
+        if headers.get(BATCHES_HEADER) == "1":
+            log.debug("the control plane reads batches of updates")
+            self._batches = True
 
     async def _watch(self, call: grpc.aio.StreamStreamCall) -> None:
         """Send a heartbeat when idle; end a stream whose peer went silent.
@@ -267,14 +294,13 @@ class CommandStream:
     async def _write(self, call: grpc.aio.StreamStreamCall) -> None:
         try:
             backlog = self.outbox.rewind()
-            for _ in range(backlog):
-                await call.write(await self.outbox.next())
-                self.outbox.sent()
-            for update in await self._greeting():
-                await call.write(update.SerializeToString())
+            while backlog:
+                backlog -= await self._send_next(call, most=backlog)
+            greeting = [update.SerializeToString() for update in await self._greeting()]
+            for message in in_batches(greeting, BATCH_BYTES if self._batches else 0):
+                await call.write(message)
             while True:
-                await call.write(await self.outbox.next())
-                self.outbox.sent()
+                await self._send_next(call)
         except (
             grpc.aio.AioRpcError,
             grpc.aio.UsageError,
@@ -284,3 +310,13 @@ class CommandStream:
             # The reader sees the same failure and ends the session; what was
             # not confirmed goes out again on the next stream.
             log.debug("writing to the stream failed: %r", exc)
+
+    async def _send_next(
+        self, call: grpc.aio.StreamStreamCall, most: int | None = None
+    ) -> int:
+        """Send what the outbox has ready next; how many updates that was."""
+        limit = BATCH_BYTES if self._batches else 0
+        payloads = await self.outbox.take(limit, most)
+        await call.write(batched(payloads))
+        self.outbox.sent()
+        return len(payloads)

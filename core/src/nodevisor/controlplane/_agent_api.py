@@ -18,7 +18,7 @@ from blockjoy.api.v1 import (
     host_pb2_grpc,
 )
 
-from .._outbox import CONFIRMS_UPDATES_HEADER
+from .._outbox import BATCH_BYTES, BATCHES_HEADER, CONFIRMS_UPDATES_HEADER
 from ._db import Database, Recorded, mark_sent, record_updates
 from ._errors import InvalidRequest, abort_on_error
 from ._hub import Event, Hub, Session
@@ -119,8 +119,11 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
             host_id = await authenticate_host(self._db, context)
         # Before anything else: an agent that has seen no confirmation yet
         # must not take this control plane for one that never confirms.
-        await context.send_initial_metadata(((CONFIRMS_UPDATES_HEADER, "1"),))
+        await context.send_initial_metadata(
+            ((CONFIRMS_UPDATES_HEADER, "1"), (BATCHES_HEADER, "1"))
+        )
         session = self._hub.open(host_id)
+        session.batches = _reads_batches(context.invocation_metadata())
         try:
             await self._db.call(self._db.set_online, host_id, True)
             log.info("host %s connected", host_id)
@@ -158,7 +161,7 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
         async def read() -> None:
             nonlocal ended
             async for update in updates:
-                inbox.append(update)
+                inbox.extend(_unbatched(update))
                 arrived.set()
             ended = True
             arrived.set()
@@ -215,19 +218,18 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
         pending = await db.call(db.unfinished_commands, session.host_id, 0)
         last = 0
         while True:
+            await self._write(session, context, [command for _, _, command in pending])
             if pending:
-                for seq, command_id, command in pending:
-                    await context.write(command)
+                for seq, command_id, _ in pending:
                     log.debug("sent command %s to host %s", command_id, session.host_id)
                     last = max(last, seq)
                 sent = [command_id for _, command_id, _ in pending]
                 db.write(mark_sent, sent).add_done_callback(_log_failed_write)
-            await self._confirm(session, context)
             # Confirmations wake the sender too.
             while not (session.queued or session.outgoing):
                 await session.wake.wait()
                 session.wake.clear()
-                await self._confirm(session, context)
+                await self._write(session, context, [])
             if session.queued:  # queued without the command in hand: look
                 session.queued = False
                 session.outgoing.clear()
@@ -237,12 +239,24 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
                 session.outgoing.clear()
 
     @staticmethod
-    async def _confirm(session: Session, context: grpc.aio.ServicerContext) -> None:
+    async def _write(
+        session: Session,
+        context: grpc.aio.ServicerContext,
+        commands: list[command_flow_pb2.Command],
+    ) -> None:
+        """Send ``commands``, then confirm what is stored and not yet confirmed.
+
+        To an agent that reads batches they go together, in batches of at
+        most ``BATCH_BYTES``; to any other, one message each.
+        """
         up_to = session.stored_up_to
         if up_to > session.confirmed_up_to:
             received = command_flow_pb2.UpdatesReceived(up_to=up_to)
-            await context.write(command_flow_pb2.Command(received=received))
-            session.confirmed_up_to = up_to
+            commands = [*commands, command_flow_pb2.Command(received=received)]
+        messages = _in_batches(commands) if session.batches else commands
+        for message in messages:
+            await context.write(message)
+        session.confirmed_up_to = max(session.confirmed_up_to, up_to)
 
     @staticmethod
     async def _cancel_when_ended(session: Session, scope: anyio.CancelScope) -> None:
@@ -256,3 +270,37 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
             log.info("host %s disconnected", session.host_id)
         finally:
             self._hub.finished(session)
+
+
+def _reads_batches(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
+    return any(key == BATCHES_HEADER and value == "1" for key, value in metadata or ())
+
+
+def _unbatched(
+    update: command_flow_pb2.InfoUpdate,
+) -> list[command_flow_pb2.InfoUpdate]:
+    """The updates a message carries: itself, or its batch's, in order."""
+    if update.WhichOneof("info") != "batch":
+        return [update]
+    return [each for inner in update.batch.updates for each in _unbatched(inner)]
+
+
+def _in_batches(
+    commands: list[command_flow_pb2.Command],
+) -> list[command_flow_pb2.Command]:
+    """``commands`` as messages: batches of at most ``BATCH_BYTES``, in order;
+    a command alone, or too large to share, as it is."""
+    groups: list[list[command_flow_pb2.Command]] = []
+    size = BATCH_BYTES
+    for command in commands:
+        length = command.ByteSize() + 6  # and its tag and length in the batch
+        if size + length > BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(command)
+        size += length
+    Command, Batch = command_flow_pb2.Command, command_flow_pb2.CommandBatch
+    return [
+        group[0] if len(group) == 1 else Command(batch=Batch(commands=group))
+        for group in groups
+    ]

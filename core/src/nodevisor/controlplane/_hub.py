@@ -57,6 +57,8 @@ class Session:
         #: The highest update number stored, and the highest confirmed.
         self.stored_up_to = 0
         self.confirmed_up_to = 0
+        #: Whether the agent reads ``CommandBatch`` messages.
+        self.batches = False
 
     def __repr__(self) -> str:
         state = "ended" if self.ended.is_set() else "open"

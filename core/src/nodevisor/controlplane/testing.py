@@ -52,6 +52,7 @@ from blockjoy.api.v1 import (
     host_pb2_grpc,
 )
 
+from .._outbox import BATCHES_HEADER
 from ._client import AdminClient
 from ._server import ControlPlane
 
@@ -107,12 +108,17 @@ async def running_control_plane(
 class FakeAgent:
     """One ``Commands`` stream that a test drives the way an agent would.
 
-    ``token`` None opens the stream without authorization metadata.
+    ``token`` None opens the stream without authorization metadata. With
+    ``batches``, the stream says the agent reads ``CommandBatch`` messages.
     """
 
-    def __init__(self, address: str, token: str | None) -> None:
+    def __init__(self, address: str, token: str | None, batches: bool = False) -> None:
         self._channel = grpc.aio.insecure_channel(address)
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        metadata: tuple[tuple[str, str], ...] = ()
+        if token:
+            metadata += (("authorization", f"Bearer {token}"),)
+        if batches:
+            metadata += ((BATCHES_HEADER, "1"),)
         stub = command_flow_pb2_grpc.CommandFlowStub(self._channel)
         self.call = stub.Commands(metadata=metadata)
 

@@ -27,23 +27,27 @@ from blockjoy.api.v1 import host_pb2 as blockjoy_dot_api_dot_v1_dot_host__pb2
 from blockjoy.api.v1 import node_pb2 as blockjoy_dot_api_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"blockjoy/api/v1/command_flow.proto\x12\x0f\x62lockjoy.api.v1\x1a\x1c\x62lockjoy/api/v1/common.proto\x1a\x1a\x62lockjoy/api/v1/host.proto\x1a\x1a\x62lockjoy/api/v1/node.proto\"z\n\x0b\x43ommandInfo\x12!\n\x02id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\x15\n\x08response\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_responseB\x0c\n\n_exit_code\"\xa3\x01\n\x07\x43ommand\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x1c.blockjoy.api.v1.NodeCommandH\x00\x12,\n\x04host\x18\x02 \x01(\x0b\x32\x1c.blockjoy.api.v1.HostCommandH\x00\x12\x34\n\x08received\x18\x03 \x01(\x0b\x32 .blockjoy.api.v1.UpdatesReceivedH\x00\x42\x06\n\x04type\"\xa8\x01\n\nInfoUpdate\x12)\n\x04host\x18\x01 \x01(\x0b\x32\x19.blockjoy.api.v1.HostInfoH\x00\x12)\n\x04node\x18\x02 \x01(\x0b\x32\x19.blockjoy.api.v1.NodeInfoH\x00\x12/\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x1c.blockjoy.api.v1.CommandInfoH\x00\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x42\x06\n\x04info\" \n\x0fUpdatesReceived\x12\r\n\x05up_to\x18\x01 \x01(\x04*\xa9\x03\n\x0f\x43ommandExitCode\x12\x18\n\x14\x43OMMAND_EXIT_CODE_OK\x10\x00\x12$\n COMMAND_EXIT_CODE_INTERNAL_ERROR\x10\x01\x12%\n!COMMAND_EXIT_CODE_INVALID_COMMAND\x10\x02\x12$\n COMMAND_EXIT_CODE_NODE_NOT_FOUND\x10\x03\x12(\n$COMMAND_EXIT_CODE_INVALID_TRANSITION\x10\x04\x12#\n\x1f\x43OMMAND_EXIT_CODE_NOT_SUPPORTED\x10\x05\x12\'\n#COMMAND_EXIT_CODE_SERVICE_NOT_READY\x10\x06\x12$\n COMMAND_EXIT_CODE_UPGRADE_FAILED\x10\x07\x12&\n\"COMMAND_EXIT_CODE_INVALID_ARGUMENT\x10\x08\x12\x1e\n\x1a\x43OMMAND_EXIT_CODE_CONFLICT\x10\t\x12#\n\x1f\x43OMMAND_EXIT_CODE_RUNTIME_ERROR\x10\n2T\n\x0b\x43ommandFlow\x12\x45\n\x08\x43ommands\x12\x1b.blockjoy.api.v1.InfoUpdate\x1a\x18.blockjoy.api.v1.Command(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"blockjoy/api/v1/command_flow.proto\x12\x0f\x62lockjoy.api.v1\x1a\x1c\x62lockjoy/api/v1/common.proto\x1a\x1a\x62lockjoy/api/v1/host.proto\x1a\x1a\x62lockjoy/api/v1/node.proto\"z\n\x0b\x43ommandInfo\x12!\n\x02id\x18\x01 \x01(\x0b\x32\x15.blockjoy.api.v1.Uuid\x12\x15\n\x08response\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\x0b\n\t_responseB\x0c\n\n_exit_code\"\xd3\x01\n\x07\x43ommand\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x1c.blockjoy.api.v1.NodeCommandH\x00\x12,\n\x04host\x18\x02 \x01(\x0b\x32\x1c.blockjoy.api.v1.HostCommandH\x00\x12\x34\n\x08received\x18\x03 \x01(\x0b\x32 .blockjoy.api.v1.UpdatesReceivedH\x00\x12.\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x1d.blockjoy.api.v1.CommandBatchH\x00\x42\x06\n\x04type\":\n\x0c\x43ommandBatch\x12*\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x18.blockjoy.api.v1.Command\"\xdb\x01\n\nInfoUpdate\x12)\n\x04host\x18\x01 \x01(\x0b\x32\x19.blockjoy.api.v1.HostInfoH\x00\x12)\n\x04node\x18\x02 \x01(\x0b\x32\x19.blockjoy.api.v1.NodeInfoH\x00\x12/\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x1c.blockjoy.api.v1.CommandInfoH\x00\x12\x31\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32 .blockjoy.api.v1.InfoUpdateBatchH\x00\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x42\x06\n\x04info\"?\n\x0fInfoUpdateBatch\x12,\n\x07updates\x18\x01 \x03(\x0b\x32\x1b.blockjoy.api.v1.InfoUpdate\" \n\x0fUpdatesReceived\x12\r\n\x05up_to\x18\x01 \x01(\x04*\xa9\x03\n\x0f\x43ommandExitCode\x12\x18\n\x14\x43OMMAND_EXIT_CODE_OK\x10\x00\x12$\n COMMAND_EXIT_CODE_INTERNAL_ERROR\x10\x01\x12%\n!COMMAND_EXIT_CODE_INVALID_COMMAND\x10\x02\x12$\n COMMAND_EXIT_CODE_NODE_NOT_FOUND\x10\x03\x12(\n$COMMAND_EXIT_CODE_INVALID_TRANSITION\x10\x04\x12#\n\x1f\x43OMMAND_EXIT_CODE_NOT_SUPPORTED\x10\x05\x12\'\n#COMMAND_EXIT_CODE_SERVICE_NOT_READY\x10\x06\x12$\n COMMAND_EXIT_CODE_UPGRADE_FAILED\x10\x07\x12&\n\"COMMAND_EXIT_CODE_INVALID_ARGUMENT\x10\x08\x12\x1e\n\x1a\x43OMMAND_EXIT_CODE_CONFLICT\x10\t\x12#\n\x1f\x43OMMAND_EXIT_CODE_RUNTIME_ERROR\x10\n2T\n\x0b\x43ommandFlow\x12\x45\n\x08\x43ommands\x12\x1b.blockjoy.api.v1.InfoUpdate\x1a\x18.blockjoy.api.v1.Command(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'blockjoy.api.v1.command_flow_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDEXITCODE']._serialized_start=637
-  _globals['_COMMANDEXITCODE']._serialized_end=1062
+  _globals['_COMMANDEXITCODE']._serialized_start=861
+  _globals['_COMMANDEXITCODE']._serialized_end=1286
   _globals['_COMMANDINFO']._serialized_start=141
   _globals['_COMMANDINFO']._serialized_end=263
   _globals['_COMMAND']._serialized_start=266
-  _globals['_COMMAND']._serialized_end=429
-  _globals['_INFOUPDATE']._serialized_start=432
-  _globals['_INFOUPDATE']._serialized_end=600
-  _globals['_UPDATESRECEIVED']._serialized_start=602
-  _globals['_UPDATESRECEIVED']._serialized_end=634
-  _globals['_COMMANDFLOW']._serialized_start=1064
-  _globals['_COMMANDFLOW']._serialized_end=1148
+  _globals['_COMMAND']._serialized_end=477
+  _globals['_COMMANDBATCH']._serialized_start=479
+  _globals['_COMMANDBATCH']._serialized_end=537
+  _globals['_INFOUPDATE']._serialized_start=540
+  _globals['_INFOUPDATE']._serialized_end=759
+  _globals['_INFOUPDATEBATCH']._serialized_start=761
+  _globals['_INFOUPDATEBATCH']._serialized_end=824
+  _globals['_UPDATESRECEIVED']._serialized_start=826
+  _globals['_UPDATESRECEIVED']._serialized_end=858
+  _globals['_COMMANDFLOW']._serialized_start=1288
+  _globals['_COMMANDFLOW']._serialized_end=1372
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,9 @@ import blockjoy.api.v1.common_pb2
 import blockjoy.api.v1.host_pb2
 import blockjoy.api.v1.node_pb2
 import builtins
+import collections.abc
 import google.protobuf.descriptor
+import google.protobuf.internal.containers
 import google.protobuf.internal.enum_type_wrapper
 import google.protobuf.message
 import sys
@@ -137,6 +139,7 @@ class Command(google.protobuf.message.Message):
     NODE_FIELD_NUMBER: builtins.int
     HOST_FIELD_NUMBER: builtins.int
     RECEIVED_FIELD_NUMBER: builtins.int
+    BATCH_FIELD_NUMBER: builtins.int
     @property
     def node(self) -> blockjoy.api.v1.node_pb2.NodeCommand: ...
     @property
@@ -145,18 +148,47 @@ class Command(google.protobuf.message.Message):
     def received(self) -> Global___UpdatesReceived:
         """Added by nodevisor: confirms updates the control plane has stored."""
 
+    @property
+    def batch(self) -> Global___CommandBatch:
+        """Added by nodevisor: several commands in one message. See `CommandBatch`."""
+
     def __init__(
         self,
         *,
         node: blockjoy.api.v1.node_pb2.NodeCommand | None = ...,
         host: blockjoy.api.v1.host_pb2.HostCommand | None = ...,
         received: Global___UpdatesReceived | None = ...,
+        batch: Global___CommandBatch | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["host", b"host", "node", b"node", "received", b"received", "type", b"type"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["host", b"host", "node", b"node", "received", b"received", "type", b"type"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["type", b"type"]) -> typing.Literal["node", "host", "received"] | None: ...
+    def HasField(self, field_name: typing.Literal["batch", b"batch", "host", b"host", "node", b"node", "received", b"received", "type", b"type"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["batch", b"batch", "host", b"host", "node", b"node", "received", b"received", "type", b"type"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["type", b"type"]) -> typing.Literal["node", "host", "received", "batch"] | None: ...
 
 Global___Command: typing_extensions.TypeAlias = Command
+
+@typing.final
+class CommandBatch(google.protobuf.message.Message):
+    """Added by nodevisor: commands, confirmations among them, sent as one message.
+
+    A batch means exactly what its commands would mean sent one after another,
+    in order. The control plane sends batches only to an agent that opened its
+    stream with the request header `nodevisor-batches: 1`; a plain v1 agent
+    gets every command in a message of its own.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    COMMANDS_FIELD_NUMBER: builtins.int
+    @property
+    def commands(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Command]: ...
+    def __init__(
+        self,
+        *,
+        commands: collections.abc.Iterable[Global___Command] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["commands", b"commands"]) -> None: ...
+
+Global___CommandBatch: typing_extensions.TypeAlias = CommandBatch
 
 @typing.final
 class InfoUpdate(google.protobuf.message.Message):
@@ -165,6 +197,7 @@ class InfoUpdate(google.protobuf.message.Message):
     HOST_FIELD_NUMBER: builtins.int
     NODE_FIELD_NUMBER: builtins.int
     COMMAND_FIELD_NUMBER: builtins.int
+    BATCH_FIELD_NUMBER: builtins.int
     SEQ_FIELD_NUMBER: builtins.int
     seq: builtins.int
     """Added by nodevisor: the update's number in the agent's outbox, counting
@@ -177,19 +210,52 @@ class InfoUpdate(google.protobuf.message.Message):
     def node(self) -> blockjoy.api.v1.node_pb2.NodeInfo: ...
     @property
     def command(self) -> Global___CommandInfo: ...
+    @property
+    def batch(self) -> Global___InfoUpdateBatch:
+        """Added by nodevisor: several updates in one message. See
+        `InfoUpdateBatch`.
+        """
+
     def __init__(
         self,
         *,
         host: blockjoy.api.v1.host_pb2.HostInfo | None = ...,
         node: blockjoy.api.v1.node_pb2.NodeInfo | None = ...,
         command: Global___CommandInfo | None = ...,
+        batch: Global___InfoUpdateBatch | None = ...,
         seq: builtins.int = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["command", b"command", "host", b"host", "info", b"info", "node", b"node"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command", b"command", "host", b"host", "info", b"info", "node", b"node", "seq", b"seq"]) -> None: ...
-    def WhichOneof(self, oneof_group: typing.Literal["info", b"info"]) -> typing.Literal["host", "node", "command"] | None: ...
+    def HasField(self, field_name: typing.Literal["batch", b"batch", "command", b"command", "host", b"host", "info", b"info", "node", b"node"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["batch", b"batch", "command", b"command", "host", b"host", "info", b"info", "node", b"node", "seq", b"seq"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["info", b"info"]) -> typing.Literal["host", "node", "command", "batch"] | None: ...
 
 Global___InfoUpdate: typing_extensions.TypeAlias = InfoUpdate
+
+@typing.final
+class InfoUpdateBatch(google.protobuf.message.Message):
+    """Added by nodevisor: updates sent as one message.
+
+    A batch means exactly what its updates would mean sent one after another,
+    in order; each carries its own `seq`, and the batch itself has none. The
+    agent sends batches only to a control plane that answered its stream with
+    the response header `nodevisor-batches: 1`; toward a plain v1 control plane
+    every update goes in a message of its own. Batches spare both sides most of
+    the per-message cost of the stream when many updates are under way.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: builtins.int
+    @property
+    def updates(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___InfoUpdate]: ...
+    def __init__(
+        self,
+        *,
+        updates: collections.abc.Iterable[Global___InfoUpdate] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["updates", b"updates"]) -> None: ...
+
+Global___InfoUpdateBatch: typing_extensions.TypeAlias = InfoUpdateBatch
 
 @typing.final
 class UpdatesReceived(google.protobuf.message.Message):

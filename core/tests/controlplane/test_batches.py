@@ -1,0 +1,137 @@
+"""Batches on the ``Commands`` stream, as the control plane sends and reads them.
+
+An agent that opens its stream with ``nodevisor-batches: 1`` gets the
+commands that are ready together in one ``CommandBatch``; any other agent
+gets one message per command. Whatever the agent sends in an
+``InfoUpdateBatch`` is recorded as if each update had come on its own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
+from nodevisor._outbox import BATCHES_HEADER, CONFIRMS_UPDATES_HEADER
+from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
+
+pytestmark = pytest.mark.anyio
+
+STATUS = node_pb2.NodeInfo.ContainerStatus
+
+
+def start(node_id: str) -> command_flow_pb2.Command:
+    command = node_pb2.NodeCommand(
+        id=common_pb2.Uuid(value=node_id), start=node_pb2.NodeStart()
+    )
+    return command_flow_pb2.Command(node=command)
+
+
+async def queue_start(cp: RunningControlPlane, host_id: str):
+    return await cp.admin.queue_command(host_id, start(str(uuid.uuid4())))
+
+
+@pytest.fixture
+async def agents(cp: RunningControlPlane) -> AsyncIterator[list[FakeAgent]]:
+    opened: list[FakeAgent] = []
+    yield opened
+    for agent in opened:
+        await agent.aclose()
+
+
+async def test_commands_ready_together_go_in_one_batch_to_an_agent_that_reads_them(
+    cp: RunningControlPlane, agents: list[FakeAgent]
+) -> None:
+    host_id, token = await cp.provision()
+    queued = [await queue_start(cp, host_id) for _ in range(3)]
+    agents.append(FakeAgent(cp.address, token, batches=True))
+
+    message = await agents[0].next_command()
+
+    assert message.WhichOneof("type") == "batch"
+    ids = [c.node.meta.api_command_id.value for c in message.batch.commands]
+    assert ids == [record.id for record in queued]
+    headers = await agents[0].call.initial_metadata()
+    assert headers.get(BATCHES_HEADER) == "1"
+    assert headers.get(CONFIRMS_UPDATES_HEADER) == "1"
+
+
+async def test_an_agent_that_does_not_ask_gets_one_message_per_command(
+    cp: RunningControlPlane, agents: list[FakeAgent]
+) -> None:
+    host_id, token = await cp.provision()
+    queued = [await queue_start(cp, host_id) for _ in range(3)]
+    agents.append(FakeAgent(cp.address, token))
+
+    messages = [await agents[0].next_command() for _ in queued]
+
+    assert [m.WhichOneof("type") for m in messages] == ["node"] * 3
+    ids = [m.node.meta.api_command_id.value for m in messages]
+    assert ids == [record.id for record in queued]
+
+
+async def test_a_batch_of_updates_is_recorded_update_by_update_and_confirmed(
+    cp: RunningControlPlane, agents: list[FakeAgent]
+) -> None:
+    host_id, token = await cp.provision()
+    node_id = str(uuid.uuid4())
+    queued = await cp.admin.queue_command(host_id, start(node_id))
+    agent = FakeAgent(cp.address, token, batches=True)
+    agents.append(agent)
+    command = await agent.next_command()
+    command_id = common_pb2.Uuid(value=queued.id)
+    node = common_pb2.Uuid(value=node_id)
+    Update, Info = command_flow_pb2.InfoUpdate, command_flow_pb2.CommandInfo
+    batch = command_flow_pb2.InfoUpdateBatch(
+        updates=[
+            Update(seq=1, command=Info(id=command_id)),
+            Update(
+                seq=2,
+                node=node_pb2.NodeInfo(
+                    id=node, name="n1", container_status=STATUS.Value("Starting")
+                ),
+            ),
+            Update(
+                seq=3,
+                node=node_pb2.NodeInfo(
+                    id=node, container_status=STATUS.Value("Running")
+                ),
+            ),
+            Update(seq=4, command=Info(id=command_id, exit_code=0, response="started")),
+        ]
+    )
+
+    await agent.call.write(Update(batch=batch))
+    confirmed = await agent.next_command()
+
+    assert command.node.meta.api_command_id.value == queued.id
+    assert confirmed.received.up_to == 4
+    [record] = await cp.admin.list_commands(host_id)
+    assert (record.state, record.exit_code, record.response) == (4, 0, "started")
+    [listed] = await cp.admin.list_nodes(host_id)
+    assert (listed.info.name, listed.info.container_status) == (
+        "n1",
+        STATUS.Value("Running"),
+    )
+
+
+async def test_an_empty_batch_records_nothing_and_ends_nothing(
+    cp: RunningControlPlane, agents: list[FakeAgent]
+) -> None:
+    host_id, token = await cp.provision()
+    agent = FakeAgent(cp.address, token, batches=True)
+    agents.append(agent)
+    empty = command_flow_pb2.InfoUpdate(batch=command_flow_pb2.InfoUpdateBatch())
+
+    await agent.call.write(empty)
+    await agent.send(seq=1, node=node_pb2.NodeInfo(id=common_pb2.Uuid(value="n")))
+
+    assert (await agent.next_command()).received.up_to == 1
+    assert [node.info.id.value for node in await cp.admin.list_nodes(host_id)] == ["n"]
+    with sqlite3.connect(cp.data_dir / "controlplane.sqlite3") as db:
+        assert db.execute("SELECT kind, error FROM updates").fetchall() == [
+            ("node", None)
+        ]
