@@ -710,10 +710,12 @@ def explain(plan: Plan) -> None:
         "result is back. A command "
         "costs at least one message down and an ack and a result up, so the "
         "ratio compares like with like. Lock-step with one message in flight "
-        "is shown for reference. The v1 contract makes a command one message "
+        "is shown for reference. A plain v1 peer makes a command one message "
         f"down and {FAN} up on the agent's stream (ack, two status changes, "
         f"result): the echo answering each message {FAN} times is the "
-        "ceiling of that shape."
+        "ceiling of that shape. nodevisor's agent and control plane batch "
+        "what is ready together, so under load a command costs less than "
+        "that shape."
     )
 
 

@@ -41,7 +41,7 @@ from ._errors import (
 )
 from ._runtime import NodeSpec, NodeState, Runtime, RuntimeNode
 from ._states import NodeStatus, check_transition
-from ._store import NodeRecord, StoreRunner
+from ._store import NodeRecord, Store, StoreRunner
 
 __all__ = ["NodeManager", "StoreRunner", "validate_name"]
 
@@ -107,7 +107,8 @@ class NodeManager:
     # lookups
 
     async def nodes(self) -> list[NodeRecord]:
-        return await self._db(self._store.nodes)
+        """Every live node in the store; commits go on while it reads."""
+        return await self._db.apart(Store.nodes)
 
     async def _record(self, node_id: str) -> NodeRecord | None:
         """The node's record: the last one written, or the store's."""
@@ -588,7 +589,7 @@ class NodeManager:
 
     async def known_ids(self) -> set[str]:
         """Every node id in the store, deleted ones included."""
-        every = await self._db(lambda: self._store.nodes(include_deleted=True))
+        every = await self._db.apart(lambda store: store.nodes(include_deleted=True))
         return {node.id for node in every}
 
     async def adopt(self, runtime: Runtime, found: RuntimeNode) -> NodeRecord:

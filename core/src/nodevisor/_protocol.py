@@ -127,10 +127,17 @@ class ProtocolWatch:
             await self.refresh_all()
 
     async def refresh_all(self) -> None:
+        asking = {
+            name
+            for name, runtime in self._nodes.runtimes.items()
+            if runtime.capabilities.protocol
+        }
+        if not asking:  # no runtime can tell: spare the read of every node
+            return
         running = [
             node
             for node in await self._nodes.nodes()
-            if node.status is NodeStatus.Running
+            if node.status is NodeStatus.Running and node.runtime in asking
         ]
         async with anyio.create_task_group() as tasks:
             for node in running:

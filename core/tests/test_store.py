@@ -1,0 +1,73 @@
+"""The store's long reads, on a connection of their own."""
+
+import threading
+
+import anyio
+import pytest
+
+from nodevisor._states import NodeStatus
+from nodevisor._store import NodeRecord, Store, StoreRunner
+
+pytestmark = pytest.mark.anyio
+
+
+def node(n: int) -> NodeRecord:
+    return NodeRecord(
+        id=f"id-{n}",
+        name=f"node-{n}",
+        protocol="testchain",
+        version="1",
+        runtime="memory",
+        status=NodeStatus.Running,
+        expected=NodeStatus.Running,
+    )
+
+
+async def test_a_long_read_apart_holds_up_no_commit(tmp_path):
+    reading, finish = threading.Event(), threading.Event()
+
+    def slow_listing(store: Store) -> list[str]:
+        reading.set()
+        finish.wait(10)
+        return [record.id for record in store.nodes()]
+
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        await db.write(db.store.save_node, node(1))
+        async with anyio.create_task_group() as tasks:
+            listed: list[list[str]] = []
+
+            async def list_apart() -> None:
+                listed.append(await db.apart(slow_listing))
+
+            tasks.start_soon(list_apart)
+            await anyio.to_thread.run_sync(reading.wait, 10)
+            with anyio.fail_after(5):  # the read holds no lock the commit needs
+                await db.write(db.store.save_node, node(2))
+            finish.set()
+        assert listed == [["id-1", "id-2"]]  # it read once let go
+        assert [record.id for record in await db.apart(Store.nodes)] == [
+            "id-1",
+            "id-2",
+        ]
+    db.store.close()
+
+
+async def test_a_read_apart_sees_every_write_queued_before_it(tmp_path):
+    async with StoreRunner(Store(tmp_path / "s.db")) as db:
+        for n in range(3):
+            db.write_nowait(db.store.save_node, node(n))
+
+        listed = await db.apart(Store.nodes)
+
+        assert [record.name for record in listed] == ["node-0", "node-1", "node-2"]
+    db.store.close()
+
+
+async def test_the_second_connection_only_reads(tmp_path):
+    store = Store(tmp_path / "s.db")
+    try:
+        with pytest.raises(Exception, match="readonly"):
+            store.apart(Store.save_node, node(1))
+        assert store.nodes() == []
+    finally:
+        store.close()
