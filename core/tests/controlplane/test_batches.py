@@ -1,9 +1,10 @@
-"""Batches on the ``Commands`` stream, as the control plane sends and reads them.
+"""Batches, as the control plane sends and reads them.
 
 An agent that opens its stream with ``nodevisor-batches: 1`` gets the
 commands that are ready together in one ``CommandBatch``; any other agent
 gets one message per command. Whatever the agent sends in an
-``InfoUpdateBatch`` is recorded as if each update had come on its own.
+``InfoUpdateBatch`` is recorded as if each update had come on its own. The
+same header on a ``SendCommands`` call batches its answers.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 
+import anyio
+import grpc
 import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
 from nodevisor._outbox import BATCHES_HEADER, CONFIRMS_UPDATES_HEADER
+from nodevisor.admin.v1 import admin_pb2, admin_pb2_grpc
 from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
 
 pytestmark = pytest.mark.anyio
@@ -135,3 +139,42 @@ async def test_an_empty_batch_records_nothing_and_ends_nothing(
         assert db.execute("SELECT kind, error FROM updates").fetchall() == [
             ("node", None)
         ]
+
+
+@pytest.mark.parametrize("batches", [True, False])
+async def test_send_commands_gives_answers_ready_together_in_one_message_if_asked(
+    cp: RunningControlPlane, batches: bool
+) -> None:
+    host_id, _ = await cp.provision()  # no agent: each command stays queued
+    metadata = [("authorization", f"Bearer {cp.control_plane.admin_token}")]
+    if batches:
+        metadata.append((BATCHES_HEADER, "1"))
+    requests = [
+        admin_pb2.SendCommandsRequest(host_id=host_id, command=start(str(uuid.uuid4())))
+        for _ in range(50)
+    ]
+
+    async def send() -> AsyncIterator[admin_pb2.SendCommandsRequest]:
+        for request in requests:
+            yield request
+
+    messages: list[admin_pb2.SendCommandsResponse] = []
+    answers: list[admin_pb2.SendCommandsResponse] = []
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        call = admin_pb2_grpc.AdminServiceStub(channel).SendCommands(
+            send(), metadata=metadata
+        )
+        with anyio.fail_after(20):
+            while len(answers) < len(requests):
+                message = await call.read()
+                messages.append(message)
+                answers.extend(message.batch or [message])
+        call.cancel()
+
+    assert [(a.index, a.WhichOneof("update")) for a in answers] == [
+        (n, "queued") for n in range(50)
+    ]
+    if batches:
+        assert len(messages) < len(answers)
+    else:
+        assert not any(m.batch for m in messages)

@@ -17,8 +17,9 @@ from google.protobuf import duration_pb2
 
 from blockjoy.api.v1 import command_flow_pb2
 
-from .._outbox import MAX_MESSAGE_BYTES
+from .._outbox import BATCH_BYTES, MAX_MESSAGE_BYTES
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
+from ._agent_api import reads_batches
 from ._db import Database, Queued, queue_command, with_meta
 from ._errors import (
     CommandTimeout,
@@ -147,15 +148,51 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> None:
         async with abort_on_error(context):
             self._authorize(context)
+        batches = reads_batches(context.invocation_metadata())
         with self._hub.follow() as follower:
             batch = _Batch(self._db, self._hub, follower)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(batch.take, request_iterator)
                 tasks.start_soon(batch.collect_results)
-                async with batch.receive:
-                    async for answer in batch.receive:
-                        await context.write(answer)
+                await _write_answers(context, batch.receive, batches=batches)
                 tasks.cancel_scope.cancel()
+
+
+async def _write_answers(
+    context: grpc.aio.ServicerContext,
+    answers: MemoryObjectReceiveStream[admin_pb2.SendCommandsResponse],
+    *,
+    batches: bool,
+) -> None:
+    """Write every answer, until the stream of answers ends.
+
+    With ``batches``, the answers ready together go in one message, up to
+    ``BATCH_BYTES`` of them (a larger answer goes alone).
+    """
+    held: admin_pb2.SendCommandsResponse | None = None
+    async with answers:
+        while True:
+            if held is None:
+                try:
+                    held = await answers.receive()
+                except anyio.EndOfStream:
+                    return
+            group, held = [held], None
+            size = group[0].ByteSize()
+            while batches:
+                try:
+                    answer = answers.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                size += answer.ByteSize() + 8  # and its tag and length
+                if size > BATCH_BYTES:
+                    held = answer  # the first of the next message
+                    break
+                group.append(answer)
+            if len(group) == 1:
+                await context.write(group[0])
+            else:
+                await context.write(admin_pb2.SendCommandsResponse(batch=group))
 
 
 class _Batch:

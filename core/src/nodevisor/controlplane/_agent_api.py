@@ -24,7 +24,12 @@ from ._errors import InvalidRequest, abort_on_error
 from ._hub import Event, Hub, Session
 from ._tokens import bearer_token
 
-__all__ = ["CommandFlowServicer", "HostsServicer", "authenticate_host"]
+__all__ = [
+    "CommandFlowServicer",
+    "HostsServicer",
+    "authenticate_host",
+    "reads_batches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +128,7 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
             ((CONFIRMS_UPDATES_HEADER, "1"), (BATCHES_HEADER, "1"))
         )
         session = self._hub.open(host_id)
-        session.batches = _reads_batches(context.invocation_metadata())
+        session.batches = reads_batches(context.invocation_metadata())
         try:
             await self._db.call(self._db.set_online, host_id, True)
             log.info("host %s connected", host_id)
@@ -272,7 +277,8 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
             self._hub.finished(session)
 
 
-def _reads_batches(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
+def reads_batches(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
+    """Whether a call's request headers say its caller reads batches."""
     return any(key == BATCHES_HEADER and value == "1" for key, value in metadata or ())
 
 

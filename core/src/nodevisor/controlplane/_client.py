@@ -12,6 +12,7 @@ import grpc
 
 from blockjoy.api.v1 import command_flow_pb2
 
+from .._outbox import BATCHES_HEADER
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
 from ._errors import ControlPlaneError, from_rpc_error
 from ._tokens import read_admin_token
@@ -138,11 +139,17 @@ class AdminClient:
             async for host_id, command in requests:
                 yield admin_pb2.SendCommandsRequest(host_id=host_id, command=command)
 
-        call = self._stub.SendCommands(messages(), metadata=self._metadata)
+        # Answers ready together come in one message: given one by one.
+        metadata = (*self._metadata, (BATCHES_HEADER, "1"))
+        call = self._stub.SendCommands(messages(), metadata=metadata)
         try:
             with self._translated():
                 async for response in call:
-                    yield response
+                    if response.batch:
+                        for answer in response.batch:
+                            yield answer
+                    else:
+                        yield response
         finally:
             call.cancel()
 

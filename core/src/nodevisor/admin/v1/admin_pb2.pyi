@@ -365,6 +365,7 @@ class SendCommandsResponse(google.protobuf.message.Message):
     QUEUED_FIELD_NUMBER: builtins.int
     REFUSED_FIELD_NUMBER: builtins.int
     RESULT_FIELD_NUMBER: builtins.int
+    BATCH_FIELD_NUMBER: builtins.int
     index: builtins.int
     """The request answered: its position in the call, from 0."""
     refused: builtins.str
@@ -381,6 +382,13 @@ class SendCommandsResponse(google.protobuf.message.Message):
     def result(self) -> blockjoy.api.v1.command_flow_pb2.CommandInfo:
         """The command's final `CommandInfo`, the one with an `exit_code`."""
 
+    @property
+    def batch(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___SendCommandsResponse]:
+        """Answers that were ready together, in order, each complete; the message
+        that carries them has no answer of its own. Only for a caller that asked
+        for batches.
+        """
+
     def __init__(
         self,
         *,
@@ -389,9 +397,10 @@ class SendCommandsResponse(google.protobuf.message.Message):
         queued: Global___CommandRecord | None = ...,
         refused: builtins.str = ...,
         result: blockjoy.api.v1.command_flow_pb2.CommandInfo | None = ...,
+        batch: collections.abc.Iterable[Global___SendCommandsResponse] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["queued", b"queued", "received_at", b"received_at", "refused", b"refused", "result", b"result", "update", b"update"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["index", b"index", "queued", b"queued", "received_at", b"received_at", "refused", b"refused", "result", b"result", "update", b"update"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["batch", b"batch", "index", b"index", "queued", b"queued", "received_at", b"received_at", "refused", b"refused", "result", b"result", "update", b"update"]) -> None: ...
     def WhichOneof(self, oneof_group: typing.Literal["update", b"update"]) -> typing.Literal["queued", "refused", "result"] | None: ...
 
 Global___SendCommandsResponse: typing_extensions.TypeAlias = SendCommandsResponse

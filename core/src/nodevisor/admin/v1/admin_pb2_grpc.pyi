@@ -209,7 +209,9 @@ class AdminServiceStub(typing.Generic[_AdminServiceCreateOtpType, _AdminServiceL
     request by its position in the call. Acks and `NodeInfo`s are not
     streamed. The call ends once the caller has closed its side and every
     command it queued has its result; a command stays queued when the caller
-    goes away before that.
+    goes away before that. A caller that opens the call with the header
+    `nodevisor-batches: 1` gets the answers that are ready together in one
+    message (`SendCommandsResponse.batch`).
     """
 
     ListCommands: _AdminServiceListCommandsType
@@ -299,7 +301,9 @@ class AdminServiceServicer(metaclass=abc.ABCMeta):
         request by its position in the call. Acks and `NodeInfo`s are not
         streamed. The call ends once the caller has closed its side and every
         command it queued has its result; a command stays queued when the caller
-        goes away before that.
+        goes away before that. A caller that opens the call with the header
+        `nodevisor-batches: 1` gets the answers that are ready together in one
+        message (`SendCommandsResponse.batch`).
         """
 
     @abc.abstractmethod
