@@ -314,6 +314,18 @@ async def test_send_command_refuses_a_command_too_large_once_filled_in(
     assert await cp.admin.list_commands(host_id) == []
 
 
+async def test_send_command_refuses_a_command_id_that_is_not_a_uuid(
+    cp: RunningControlPlane,
+) -> None:
+    host_id, _ = await cp.provision()
+    command = start(str(uuid.uuid4()))
+    command.node.meta.api_command_id.value = "my-command-1"
+    with pytest.raises(InvalidRequest, match="'my-command-1' is not a UUID"):
+        async for _ in cp.admin.send_command(host_id, command, 5):
+            pass
+    assert await cp.admin.list_commands(host_id) == []
+
+
 async def test_send_command_refuses_an_updates_received(
     cp: RunningControlPlane,
 ) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from nodevisor.controlplane import DataDirLocked, DataDirUnusable
+from nodevisor.controlplane import DataDirLocked, DataDirUnusable, Unavailable
 from nodevisor.controlplane._server import DATABASE_FILE, check_listen
 from nodevisor.controlplane.testing import RunningControlPlane, running_control_plane
 
@@ -158,3 +159,15 @@ async def test_a_listen_address_not_host_port_is_refused_before_the_data_dir(
 )
 def test_a_listen_address_host_port_is_taken(listen: str) -> None:
     assert check_listen(listen) == listen
+
+
+async def test_an_address_in_use_is_refused_with_its_cause_before_anything_is_made(
+    tmp_path: Path,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(Unavailable, match="Address already in use"):
+            async with running_control_plane(tmp_path / "cp", listen):
+                pass
+
+    assert not (tmp_path / "cp").exists()

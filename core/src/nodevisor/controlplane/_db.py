@@ -529,11 +529,25 @@ def with_meta(
     meta = _command_meta(copy)
     if meta is None:
         return copy, str(uuid.uuid4())
-    if not meta.api_command_id.value:  # type: ignore[attr-defined]
+    given = meta.api_command_id.value  # type: ignore[attr-defined]
+    if not given:
         meta.api_command_id.value = str(uuid.uuid4())  # type: ignore[attr-defined]
+    elif not _is_uuid(given):
+        raise InvalidRequest(
+            f"the command id {given[:80]!r} is not a UUID; give one, or leave "
+            "meta.api_command_id empty and the control plane picks one"
+        )
     if not meta.HasField("created_at"):
         _timestamp(now, meta.created_at)  # type: ignore[attr-defined]
     return copy, meta.api_command_id.value  # type: ignore[attr-defined]
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _node_id(command: command_flow_pb2.Command) -> str:

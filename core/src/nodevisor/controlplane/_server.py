@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,6 +65,19 @@ def check_listen(value: str) -> str:
     return value
 
 
+def _bind_error(listen: str) -> str | None:
+    """Why the system refuses ``listen`` ("Address already in use"), if it
+    does: gRPC's own error names no cause."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, int(port)), family=family):
+            return None
+    except (OSError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+
+
 class ControlPlane:
     """A control plane serving ``data_dir`` on ``listen``.
 
@@ -88,13 +102,25 @@ class ControlPlane:
         return f"<ControlPlane {self.data_dir} {state}>"
 
     async def start(self) -> None:
+        # Bound first: an address that cannot be had leaves no data dir made.
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        try:
+            port = server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            why = _bind_error(self.listen) or str(exc)
+            raise Unavailable(f"cannot listen on {self.listen!r}: {why}") from exc
         try:
             db = await self._open_data_dir()
             await db.call(db.mark_all_offline)
-            await self._serve(db)
+            self._add_services(server, db)
+            await server.start()
         except BaseException:
+            with anyio.CancelScope(shield=True):
+                await server.stop(None)
             self._close_data_dir()
             raise
+        self._server = server
+        self.address = f"{self.listen.rpartition(':')[0]}:{port}"
         log.info(
             "control plane listening on %s (data dir %s)", self.address, self.data_dir
         )
@@ -115,17 +141,6 @@ class ControlPlane:
                 Database, self.data_dir / DATABASE_FILE
             )
         return self._db
-
-    async def _serve(self, db: Database) -> None:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        self._add_services(server, db)
-        try:
-            port = server.add_insecure_port(self.listen)
-        except RuntimeError as exc:
-            raise Unavailable(f"cannot listen on {self.listen!r}: {exc}") from exc
-        await server.start()
-        self._server = server
-        self.address = f"{self.listen.rpartition(':')[0]}:{port}"
 
     def _add_services(self, server: grpc.aio.Server, db: Database) -> None:
         host_pb2_grpc.add_HostsServicer_to_server(HostsServicer(db, self._hub), server)
