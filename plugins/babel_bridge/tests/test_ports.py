@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
-from nodevisor import NodeSpec, RuntimeContext, RuntimeFailure
+from nodevisor import NodeSpec, NodeState, RuntimeContext, RuntimeFailure
 from nodevisor_babel import BabelRuntime
 
 pytestmark = pytest.mark.anyio
@@ -29,9 +30,7 @@ def _spec(host_id: str, protocol: str) -> NodeSpec:
     )
 
 
-async def test_a_second_node_of_a_protocol_with_fixed_ports_is_refused(
-    tmp_path: Path,
-) -> None:
+def _runtime(tmp_path: Path) -> tuple[str, BabelRuntime]:
     (tmp_path / "images" / "sleeper-1" / "bin").mkdir(parents=True)
     host_id = f"ports-{uuid.uuid4().hex[:8]}"
     runtime = BabelRuntime(
@@ -39,6 +38,13 @@ async def test_a_second_node_of_a_protocol_with_fixed_ports_is_refused(
             host_id, tmp_path / "runtime", {"images": str(tmp_path / "images")}
         )
     )
+    return host_id, runtime
+
+
+async def test_a_second_node_of_a_protocol_with_fixed_ports_is_refused(
+    tmp_path: Path,
+) -> None:
+    host_id, runtime = _runtime(tmp_path)
     first, second, other = (
         _spec(host_id, "chain"),
         _spec(host_id, "chain"),
@@ -60,3 +66,38 @@ async def test_a_second_node_of_a_protocol_with_fixed_ports_is_refused(
             await runtime.stop(spec)
             await runtime.delete(spec.id)
         await runtime.aclose()
+
+
+async def test_of_two_starts_at_once_one_runs_and_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    host_id, runtime = _runtime(tmp_path)
+    nodes = [_spec(host_id, "chain"), _spec(host_id, "chain")]
+    outcomes: dict[str, Exception | None] = {}
+
+    async def start(spec: NodeSpec) -> None:
+        try:
+            await runtime.start(spec)
+        except RuntimeFailure as exc:
+            outcomes[spec.id] = exc
+        else:
+            outcomes[spec.id] = None
+
+    try:
+        for spec in nodes:
+            await runtime.create(spec)
+        async with anyio.create_task_group() as tasks:
+            for spec in nodes:
+                tasks.start_soon(start, spec)
+        listed = await runtime.list_nodes()
+        running = [n.id for n in listed if n.state is NodeState.RUNNING]
+    finally:
+        for spec in nodes:
+            await runtime.stop(spec)
+            await runtime.delete(spec.id)
+        await runtime.aclose()
+
+    refused = [node_id for node_id, error in outcomes.items() if error is not None]
+    assert len(refused) == 1, outcomes
+    assert "holds its ports 19443" in str(outcomes[refused[0]])
+    assert running == [n.id for n in nodes if n.id not in refused]

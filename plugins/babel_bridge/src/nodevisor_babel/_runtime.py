@@ -88,6 +88,9 @@ class BabelRuntime(BabelBridge, Runtime):
         self.images = Path(settings.get("images", context.data_dir / "images"))
         self.socket_dir = Path(settings.get("socket_dir", _default_socket_dir()))
         self.root = context.data_dir / context.host_id
+        #: Held while a node of a protocol with fixed ports starts, by
+        #: protocol: two starts at once would both find the ports free.
+        self._starting: dict[str, anyio.Lock] = {}
 
     def babel_socket(self, node_id: str) -> Path:
         return self.socket_dir / self.context.host_id / f"{node_id}.sock"
@@ -101,7 +104,14 @@ class BabelRuntime(BabelBridge, Runtime):
     async def start(self, spec: NodeSpec) -> None:
         if await anyio.to_thread.run_sync(self._record, spec.id) is None:
             raise RuntimeFailure(f"node {spec.id} does not exist; create it first")
-        await self._refuse_port_clash(spec)
+        if not spec.ports:
+            await self._start(spec)
+            return
+        async with self._starting.setdefault(spec.protocol, anyio.Lock()):
+            await self._refuse_port_clash(spec)
+            await self._start(spec)
+
+    async def _start(self, spec: NodeSpec) -> None:
         if not await self._answers(spec.id):
             await self._launch(spec.id)
         await self._call(spec.id, "Start", babel_pb2.StartRequest(), 30)
@@ -184,8 +194,6 @@ class BabelRuntime(BabelBridge, Runtime):
         # Processes on the host share its ports: a second node of a protocol
         # with fixed ports would fail to bind, and the first node would answer
         # the second one's protocol calls.
-        if not spec.ports:
-            return
         for other in await self.list_nodes():
             same = other.url.partition("/")[0] == spec.protocol
             if other.id != spec.id and same and other.state is NodeState.RUNNING:
