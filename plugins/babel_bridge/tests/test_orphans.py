@@ -270,6 +270,27 @@ async def test_what_outlives_babel_is_killed_by_the_runtime(
     assert _processes_of(runtime.root) == []
 
 
+async def test_a_stop_kills_a_babel_that_does_not_answer_and_its_node(
+    runtime: BabelRuntime,
+) -> None:
+    spec = _spec(runtime, SLEEPER)
+    node = await _running(runtime, spec)
+    babel = _pid(runtime, spec.id, "babel")
+    os.kill(babel, signal.SIGSTOP)  # frozen: alive, and deaf
+    try:
+        outcome = await runtime.stop(spec)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(babel, signal.SIGCONT)
+
+    assert not outcome.clean
+    assert f"its babel, process {babel}, did not answer" in outcome.detail
+    assert await _gone(babel, 0) and await _gone(node), "the node still runs"
+    assert (await runtime.inspect(spec.id)).state is NodeState.STOPPED
+    await runtime.delete(spec.id)
+    assert _processes_of(runtime.root) == []
+
+
 async def test_a_pid_another_process_has_now_is_never_killed(
     runtime: BabelRuntime, tmp_path: Path
 ) -> None:

@@ -119,7 +119,17 @@ class BabelRuntime(BabelBridge, Runtime):
 
     async def stop(self, spec: NodeSpec) -> StopOutcome:
         if not await self._answers(spec.id):
+            # A babel that lives but does not answer (frozen, say) cannot
+            # stop its node: it is killed, and its node goes with it.
+            babel = await anyio.to_thread.run_sync(
+                self._kill_babel, spec.id, "it does not answer the stop"
+            )
             killed = await anyio.to_thread.run_sync(self._end_orphans, spec.id)
+            if babel:
+                detail = f"its babel, process {babel}, did not answer; killed"
+                if killed:
+                    detail += f", and what outlived it: {killed}"
+                return StopOutcome(clean=False, detail=detail)
             if killed:
                 return StopOutcome(
                     clean=False,
@@ -335,17 +345,21 @@ class BabelRuntime(BabelBridge, Runtime):
         with contextlib.suppress(OSError):
             socket.parent.rmdir()
 
-    def _kill_babel(self, node_id: str, why: str) -> None:
-        """SIGKILL the node's babel, if it lives: its node goes with it."""
+    def _kill_babel(self, node_id: str, why: str) -> int:
+        """SIGKILL the node's babel, if it lives: its node goes with it.
+
+        Returns the pid killed, or 0 if no babel of the node lived.
+        """
         folder = self.root / node_id
         pid = _procs.babel_alive(folder / "babel.pid", folder / "babel.json")
         if not pid:
-            return
+            return 0
         log.warning("node %s: killing its babel, process %d: %s", node_id, pid, why)
         try:
             _procs.kill_process(pid)
         except RuntimeFailure as exc:
             raise RuntimeFailure(f"node {node_id}: its babel: {exc}") from exc
+        return pid
 
     def _end_orphans(self, node_id: str) -> str:
         """SIGKILL what lives of the node's processes if its babel is gone.
