@@ -1,5 +1,6 @@
 """Node commands on the memory runtime: the status flow each one reports."""
 
+import threading
 import uuid
 
 import anyio
@@ -618,3 +619,28 @@ async def test_a_failed_snapshot_leaves_the_node_stopped_as_expected(
         await manager.snapshot(new_id)
     node = await manager.require(new_id)
     assert (node.status, node.expected) == (NodeStatus.Stopped, NodeStatus.Stopped)
+
+
+async def test_a_step_blocked_in_a_thread_fails_its_command_at_step_timeout(
+    manager, memory, reports, new_id, monkeypatch
+):
+    await manager.create(new_id, create())
+    release = threading.Event()
+
+    async def start(spec):  # stuck in a worker thread, deaf to cancellation
+        await anyio.to_thread.run_sync(release.wait)
+
+    monkeypatch.setattr(memory, "start", start)
+    manager.step_timeout = 0.3
+    try:
+        with anyio.fail_after(5), pytest.raises(RuntimeFailure) as failed:
+            await manager.start(new_id)
+    finally:
+        release.set()
+
+    assert "did not finish start() for node" in str(failed.value)
+    assert "within 0.3s (step_timeout)" in str(failed.value)
+    node = await manager.require(new_id)
+    assert node.status is NodeStatus.Stopped  # as the runtime shows it
+    assert "step_timeout" in (node.failure or "")
+    assert reports.statuses(new_id)[-2:] == ["Starting", "Stopped"]

@@ -266,6 +266,7 @@ class Agent:
             host_id=self.credentials.host_id,
             snapshot_dir=self.config.data_dir / "snapshots",
             report=self._report,
+            step_timeout=self.config.step_timeout,
         )
 
     async def _prune_history(self, db: StoreRunner) -> None:

@@ -67,6 +67,9 @@ class AgentConfig(BaseSettings):
     runtimes: dict[str, dict[str, Any]] = {}
     #: Seconds that running commands get to finish when the agent stops.
     shutdown_grace: float = pydantic.Field(30.0, ge=0)
+    #: Seconds one runtime step of a node (pull, create, start, stop...) may
+    #: take before the command fails and the node's lane goes on.
+    step_timeout: float = pydantic.Field(1800.0, gt=0)
     #: Seconds between two HostInfo heartbeats on an open stream.
     heartbeat_interval: float = pydantic.Field(20.0, gt=0)
     #: Seconds a sent update may wait for the control plane's confirmation

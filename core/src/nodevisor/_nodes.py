@@ -19,9 +19,9 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 
@@ -89,7 +89,9 @@ class NodeManager:
         host_id: str,
         snapshot_dir: Path,
         report: Callable[[NodeRecord], None],
+        step_timeout: float = 1800.0,
     ) -> None:
+        """``step_timeout`` bounds each runtime step of a command, in seconds."""
         self._db = db
         self._store = db.store
         self.catalogue = catalogue
@@ -99,6 +101,7 @@ class NodeManager:
         self.host_id = host_id
         self.snapshot_dir = snapshot_dir
         self._report = report
+        self.step_timeout = step_timeout
         #: Every node record read or written, as last written: commands read
         #: their node from here, not from the store through its thread. The
         #: reconciler's ``get`` reads the store and refreshes it.
@@ -239,7 +242,7 @@ class NodeManager:
     ) -> S:
         """After a failed step, record the status the runtime actually shows."""
         try:
-            actual = await runtime.inspect(node.id)
+            actual = await self._step(runtime, node.id, runtime.inspect(node.id))
         except Exception as inner:  # the node's state stays unknown; keep the record
             log.warning("node %s: cannot inspect after a failure: %r", node.id, inner)
             actual = None
@@ -252,11 +255,16 @@ class NodeManager:
         )
         return status
 
+    async def _step(
+        self, runtime: Runtime, node_id: str, step: Coroutine[Any, Any, T]
+    ) -> T:
+        return await _step(runtime, node_id, step, self.step_timeout)
+
     async def _guarded(
-        self, node: NodeRecord, runtime: Runtime, step: Awaitable[T]
+        self, node: NodeRecord, runtime: Runtime, step: Coroutine[Any, Any, T]
     ) -> T:
         try:
-            return await _step(runtime, node.id, step)
+            return await self._step(runtime, node.id, step)
         except RuntimeFailure as exc:
             await self._settle(node, runtime, exc)
             raise
@@ -292,9 +300,9 @@ class NodeManager:
         spec = self.spec(node, release)
         try:
             node = await self._move(node, S.Installing)
-            await _step(runtime, node_id, runtime.prepare(spec))
+            await self._step(runtime, node_id, runtime.prepare(spec))
             node = await self._move(node, S.Creating)
-            await _step(runtime, node_id, runtime.create(spec))
+            await self._step(runtime, node_id, runtime.create(spec))
         except RuntimeFailure as exc:
             await self._undo_create(node, runtime, exc)
             raise
@@ -305,7 +313,7 @@ class NodeManager:
         self, node: NodeRecord, runtime: Runtime, exc: Exception
     ) -> None:
         try:
-            await runtime.delete(node.id)
+            await self._step(runtime, node.id, runtime.delete(node.id))
         except Exception as inner:  # best effort; the create already failed
             log.warning(
                 "node %s: cleanup after a failed create failed: %r", node.id, inner
@@ -413,7 +421,7 @@ class NodeManager:
 
         old, new = self.spec(node), self.spec(node, release)
         try:
-            await _step(runtime, node_id, runtime.prepare(new))
+            await self._step(runtime, node_id, runtime.prepare(new))
         except RuntimeFailure as exc:
             raise UpgradeFailed(
                 f"upgrade of node {node_id} to {release.url} failed before the node "
@@ -422,8 +430,8 @@ class NodeManager:
         journal = json.dumps({"op": "upgrade", "from": node.version, "to": new.version})
         node = await self._move(node.replace(journal=journal), S.Upgrading)
         try:
-            await _step(runtime, node_id, runtime.stop(old))
-            await _step(runtime, node_id, runtime.upgrade(old, new))
+            await self._step(runtime, node_id, runtime.stop(old))
+            await self._step(runtime, node_id, runtime.upgrade(old, new))
         except RuntimeFailure as exc:
             back = await self._roll_back(
                 node.replace(journal=None), runtime, old, new, exc
@@ -445,7 +453,7 @@ class NodeManager:
             f"Upgrading -> Upgraded ({release.url})",
         )
         try:
-            await _step(runtime, node_id, runtime.start(new))
+            await self._step(runtime, node_id, runtime.start(new))
         except RuntimeFailure as exc:
             back = node.replace(version=old.version, journal=None)
             failed = await self._roll_back(back, runtime, old, new, exc, started=True)
@@ -480,9 +488,9 @@ class NodeManager:
         """
         try:
             if started:
-                await runtime.stop(new)
-            await runtime.upgrade(new, old)
-            await runtime.start(old)
+                await self._step(runtime, new.id, runtime.stop(new))
+            await self._step(runtime, new.id, runtime.upgrade(new, old))
+            await self._step(runtime, new.id, runtime.start(old))
         except Exception as inner:  # told in the result and kept on the node
             log.error("node %s: rolling back the upgrade failed: %r", node.id, inner)
             why = f"{exc}; rolling back to {old.url} failed: {_described(inner)}"
@@ -497,7 +505,8 @@ class NodeManager:
         runtime = self.runtime(node.runtime)
         async with self._undone_if_refused(node):
             node = self._expect(node, S.Deleted)
-            if node.status is S.Running and await runtime.inspect(node_id) is None:
+            found = await self._step(runtime, node_id, runtime.inspect(node_id))
+            if node.status is S.Running and found is None:
                 node = await self._save(node.replace(status=S.Stopped), "found absent")
             if node.status is S.Running:
                 node, _ = await self._stop(node, runtime)
@@ -555,13 +564,15 @@ class NodeManager:
             )
         self._need(node, S.Running, command=f"run {shown(command)} on")
         log.info("node %s: running generic command %r %s", node_id, command, values)
-        answer = await runtime.protocol_command(spec, command, values)
+        answer = await self._step(
+            runtime, node_id, runtime.protocol_command(spec, command, values)
+        )
         return f"node {node_id}: {command} done: {answer}"
 
     async def info(self, node_id: str) -> str:
         node = await self.require(node_id)
         runtime = self.runtime(node.runtime)
-        actual = await runtime.inspect(node_id)
+        actual = await self._step(runtime, node_id, runtime.inspect(node_id))
         observed = _observed(actual.state if actual else NodeState.ABSENT)
         if node.status.settled and observed is not None and observed is not node.status:
             detail = f": {actual.detail}" if actual and actual.detail else ""
@@ -704,7 +715,7 @@ class NodeManager:
     async def _absent(self, node: NodeRecord, runtime: Runtime) -> str | None:
         if node.status in (S.UndefinedContainerStatus, S.Installing, S.Creating):
             spec = self.spec(node)
-            await _make(runtime, spec)
+            await self._step(runtime, node.id, _make(runtime, spec))
             await self._save(node.replace(status=S.Stopped), "create finished")
             return "finished an interrupted create"
         if node.failure == _missing(runtime) and node.status is S.Stopped:
@@ -722,7 +733,7 @@ class NodeManager:
         return await self._save(node.replace(status=S.Stopped, failure=why), why)
 
     async def _finish_delete(self, node: NodeRecord, runtime: Runtime) -> str:
-        await runtime.delete(node.id)
+        await self._step(runtime, node.id, runtime.delete(node.id))
         await self._save(node.replace(status=S.Deleted), "delete finished")
         return "finished an interrupted delete"
 
@@ -736,14 +747,15 @@ class NodeManager:
                 node.replace(version=journal["to"], status=S.Upgraded, journal=None),
                 f"upgrade to {target} finished after a restart",
             )
-            await runtime.start(self.spec(node))
+            await self._step(runtime, node.id, runtime.start(self.spec(node)))
             await self._save(node.replace(status=S.Running), "Upgraded -> Running")
             return f"finished an interrupted upgrade to {target}"
         why = f"{_UPGRADE_ROLLED_BACK}{target} was interrupted and rolled back"
         if actual is not None and actual.url != node.url:
-            await runtime.upgrade(
+            back = runtime.upgrade(
                 self.spec(node, self._release_of(actual)), self.spec(node)
             )
+            await self._step(runtime, node.id, back)
         status = (
             S.Running if actual and actual.state is NodeState.RUNNING else S.Stopped
         )
@@ -764,16 +776,41 @@ class NodeManager:
             )
 
 
-async def _step(runtime: Runtime, node_id: str, step: Awaitable[T]) -> T:
-    """Await one of the runtime's steps for a node.
+async def _step(
+    runtime: Runtime, node_id: str, step: Coroutine[Any, Any, T], seconds: float
+) -> T:
+    """Await one of the runtime's steps for a node, for ``seconds`` at most.
 
     A runtime reports a failure as ``RuntimeFailure``. Anything else it
     raises is a bug of its plugin: logged with its traceback, and raised as
     the runtime's failure, so that the command that asked for the step
-    still settles the node's status and undoes what it must.
+    still settles the node's status and undoes what it must. A step that has
+    not finished in time fails the same way and is left to itself: a call
+    blocked in a worker thread cannot be stopped, and the node's lane must
+    not wait on it for good.
     """
+    # A runtime's method by its name ("start()"), a step of several as such.
+    method = getattr(step, "__qualname__", "").rpartition(".")
+    what = f"{method[2]}()" if method[1] else "its step"
+    task = asyncio.ensure_future(step)
     try:
-        return await step
+        # Not anyio.fail_after: that would wait for the step to take its
+        # cancellation, and a step blocked in a thread never does.
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        task.cancel()
+        await asyncio.wait({task})
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(functools.partial(_late, runtime, node_id, what))
+        raise RuntimeFailure(
+            f"runtime {runtime.name!r} did not finish {what} for node {node_id} "
+            f"within {seconds:g}s (step_timeout); it may still be at work, and the "
+            "node is checked again"
+        )
+    try:
+        return task.result()
     except RuntimeFailure:
         raise
     except Exception as exc:
@@ -788,6 +825,23 @@ async def _step(runtime: Runtime, node_id: str, step: Awaitable[T]) -> T:
             f"runtime {runtime.name!r} failed on node {node_id} with an "
             f"unexpected {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _late(runtime: Runtime, node_id: str, what: str, task: asyncio.Future[Any]) -> None:
+    """How a step given up on ended, for the log."""
+    if task.cancelled():
+        outcome = "was cancelled"
+    elif task.exception() is not None:
+        outcome = f"failed: {task.exception()!r}"
+    else:
+        outcome = "finished"
+    log.warning(
+        "node %s: %s of runtime %r, given up on at step_timeout, %s late",
+        node_id,
+        what,
+        runtime.name,
+        outcome,
+    )
 
 
 class _RollbackFailed(NamedTuple):
