@@ -20,6 +20,7 @@ import pytest
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
 from nodevisor._outbox import BATCHES_HEADER, CONFIRMS_UPDATES_HEADER
 from nodevisor.admin.v1 import admin_pb2, admin_pb2_grpc
+from nodevisor.controlplane import InvalidRequest
 from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
 
 pytestmark = pytest.mark.anyio
@@ -178,3 +179,45 @@ async def test_send_commands_gives_answers_ready_together_in_one_message_if_aske
         assert len(messages) < len(answers)
     else:
         assert not any(m.batch for m in messages)
+
+
+async def test_a_message_that_is_no_info_update_closes_the_stream_clearly(
+    cp: RunningControlPlane, agents: list[FakeAgent]
+) -> None:
+    host_id, token = await cp.provision()
+    node = node_pb2.NodeInfo(id=common_pb2.Uuid(value="before"))
+    before = command_flow_pb2.InfoUpdate(seq=1, node=node).SerializeToString()
+    cut_short = b"\x2a\x05\x0a\xff\xff\xff\xff"  # a batch whose item is cut off
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        call = channel.stream_stream(
+            "/blockjoy.api.v1.CommandFlow/Commands",
+            request_serializer=bytes,
+            response_deserializer=command_flow_pb2.Command.FromString,
+        )(metadata=[("authorization", f"Bearer {token}")])
+        await call.write(before)
+        await call.write(cut_short)
+        with anyio.fail_after(10), pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:  # the confirmation of the first, then the end
+                await call.read()
+
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "a message on the stream is not an InfoUpdate" in ended.value.details()
+    listed = [n.info.id.value for n in await cp.admin.list_nodes(host_id)]
+    assert listed == ["before"]  # what came before it is recorded
+
+
+async def test_a_command_batch_is_not_a_command_to_queue(
+    cp: RunningControlPlane,
+) -> None:
+    host_id, _ = await cp.provision()
+    batch = command_flow_pb2.CommandBatch(commands=[start(str(uuid.uuid4()))])
+
+    with pytest.raises(InvalidRequest, match="CommandBatch is how the control plane"):
+        await cp.admin.queue_command(host_id, command_flow_pb2.Command(batch=batch))
+
+    async def one() -> AsyncIterator[tuple[str, command_flow_pb2.Command]]:
+        yield host_id, command_flow_pb2.Command(batch=batch)
+
+    [answer] = [a async for a in cp.admin.send_commands(one())]
+    assert "CommandBatch is how the control plane" in answer.refused
+    assert await cp.admin.list_commands(host_id) == []

@@ -313,6 +313,12 @@ def _prepared(
     is filled in, and the agent would refuse that message at every
     reconnect.
     """
+    if command.WhichOneof("type") == "batch":
+        raise InvalidRequest(
+            "CommandBatch is how the control plane sends commands that are ready "
+            "together on a host's stream, not a command to queue; queue each "
+            "command on its own (SendCommands takes many on one call)"
+        )
     if command.WhichOneof("type") == "received":
         raise InvalidRequest(
             "UpdatesReceived is the control plane's own message on a host's "

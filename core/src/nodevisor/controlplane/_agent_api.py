@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import grpc
+from google.protobuf.message import DecodeError
 
 from blockjoy.api.v1 import (
     command_flow_pb2,
@@ -162,12 +163,16 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
         inbox: list[command_flow_pb2.InfoUpdate] = []
         arrived = asyncio.Event()
         ended = False
+        unreadable: DecodeError | None = None
 
         async def read() -> None:
-            nonlocal ended
-            async for update in updates:
-                inbox.extend(_unbatched(update))
-                arrived.set()
+            nonlocal ended, unreadable
+            try:
+                async for update in updates:
+                    inbox.extend(_unbatched(update))
+                    arrived.set()
+            except DecodeError as exc:  # what came before it is still recorded
+                unreadable = exc
             ended = True
             arrived.set()
 
@@ -179,6 +184,13 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
                 batch = inbox[:]
                 inbox.clear()
                 await self._record(session, batch)
+        if unreadable is not None:
+            why = (
+                "a message on the stream is not an InfoUpdate, or nests batches "
+                f"too deep ({unreadable}); the stream is closed"
+            )
+            log.warning("host %s: %s", session.host_id, why)
+            session.end(grpc.StatusCode.INVALID_ARGUMENT, why)
 
     async def _record(
         self, session: Session, batch: list[command_flow_pb2.InfoUpdate]
