@@ -256,9 +256,14 @@ class NodeManager:
         return status
 
     async def _step(
-        self, runtime: Runtime, node_id: str, step: Coroutine[Any, Any, T]
+        self,
+        runtime: Runtime,
+        node_id: str,
+        step: Coroutine[Any, Any, T],
+        *,
+        plain: bool = False,
     ) -> T:
-        return await _step(runtime, node_id, step, self.step_timeout)
+        return await _step(runtime, node_id, step, self.step_timeout, plain=plain)
 
     async def _guarded(
         self, node: NodeRecord, runtime: Runtime, step: Coroutine[Any, Any, T]
@@ -564,8 +569,12 @@ class NodeManager:
             )
         self._need(node, S.Running, command=f"run {shown(command)} on")
         log.info("node %s: running generic command %r %s", node_id, command, values)
+        # What the runtime raises is the answer (NotSupported, say), as it is.
         answer = await self._step(
-            runtime, node_id, runtime.protocol_command(spec, command, values)
+            runtime,
+            node_id,
+            runtime.protocol_command(spec, command, values),
+            plain=True,
         )
         return f"node {node_id}: {command} done: {answer}"
 
@@ -777,14 +786,20 @@ class NodeManager:
 
 
 async def _step(
-    runtime: Runtime, node_id: str, step: Coroutine[Any, Any, T], seconds: float
+    runtime: Runtime,
+    node_id: str,
+    step: Coroutine[Any, Any, T],
+    seconds: float,
+    *,
+    plain: bool = False,
 ) -> T:
     """Await one of the runtime's steps for a node, for ``seconds`` at most.
 
     A runtime reports a failure as ``RuntimeFailure``. Anything else it
     raises is a bug of its plugin: logged with its traceback, and raised as
     the runtime's failure, so that the command that asked for the step
-    still settles the node's status and undoes what it must. A step that has
+    still settles the node's status and undoes what it must; with
+    ``plain``, it is raised as it is. A step that has
     not finished in time fails the same way and is left to itself: a call
     blocked in a worker thread cannot be stopped, and the node's lane must
     not wait on it for good.
@@ -809,6 +824,8 @@ async def _step(
             f"within {seconds:g}s (step_timeout); it may still be at work, and the "
             "node is checked again"
         )
+    if plain:
+        return task.result()
     try:
         return task.result()
     except RuntimeFailure:

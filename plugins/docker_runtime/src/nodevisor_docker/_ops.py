@@ -223,8 +223,16 @@ def start(
 
 
 def _left_behind(exc: docker.errors.APIError, container: Container) -> bool:
-    """Whether ``exc`` says the engine has a task of this container already."""
+    """Whether ``exc`` says the engine has a task of this container already.
+
+    The engine says so in two ways: the task's bundle folder, named by the
+    container's id, exists ("file exists"); or containerd still runs a task
+    under the container's id ("id already in use"), the way a containerd
+    that outlived the restart of dockerd answers.
+    """
     text = str(exc.explanation or "")
+    if "id already in use" in text:
+        return True
     return container.id in text and ("already exists" in text or "file exists" in text)
 
 
