@@ -274,7 +274,8 @@ class ConformanceSuite:
         bench = conformance_bench
         spec = await running(bench.runtime, bench.spec())
 
-        other = bench.open_runtime(bench.new_host_id())
+        other_host = bench.new_host_id()
+        other = bench.open_runtime(other_host)
         listed = await ids(other)
         seen = await found(other, spec.id)
         await other.delete(spec.id)
@@ -282,6 +283,21 @@ class ConformanceSuite:
         assert listed == [], f"another host's runtime lists {listed}"
         assert seen is None, f"another host's runtime finds node {spec.id}: {seen}"
         assert await state(bench.runtime, spec.id) is NodeState.RUNNING
+
+        # and the other way round, with a node on each host
+        theirs = bench.spec(host_id=other_host)
+        await other.prepare(theirs)
+        await other.create(theirs)
+        mine = await ids(bench.runtime)
+        assert theirs.id not in mine, (
+            f"list_nodes() of host {bench.host_id} lists node {theirs.id} of "
+            f"host {other_host}"
+        )
+        assert spec.id in mine, f"list_nodes() no longer lists node {spec.id}"
+        assert await found(bench.runtime, theirs.id) is None, (
+            f"inspect({theirs.id!r}) of host {bench.host_id} finds a node of "
+            f"host {other_host}"
+        )
 
     async def test_an_unreachable_engine_is_unavailable(self, conformance_bench: Bench):
         """With its engine out of reach, check() and list_nodes() raise
