@@ -5,7 +5,10 @@ import json
 import os
 import re
 import stat
+import subprocess
 import sys
+import textwrap
+import time
 import uuid
 
 import anyio
@@ -475,3 +478,29 @@ async def test_stopping_with_the_control_plane_gone_does_not_wait_out_the_grace(
             stop.set()
     assert anyio.current_time() - began < 10  # well within the grace
     assert len(agent.outbox) == 1  # kept for the next start
+
+
+def test_the_agent_exits_without_waiting_for_a_stuck_worker_thread():
+    """A runtime call given up on may hold a worker thread for good; once
+    the agent has stopped, the process ends at once instead of waiting."""
+    script = textwrap.dedent(
+        """
+        import threading, time
+        from nodevisor._cli_agent import leave_stuck_threads
+        from nodevisor._logging import configure
+
+        configure("INFO")
+        threading.Thread(target=time.sleep, args=(60,)).start()
+        leave_stuck_threads(wait=0.2)
+        print("not reached")
+        """
+    )
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+
+    assert time.monotonic() - began < 20
+    assert done.returncode == 0
+    assert "not reached" not in done.stdout
+    assert "1 runtime calls given up on still run in worker threads" in done.stderr

@@ -209,3 +209,15 @@ def test_other_nodevisor_variables_pass(tmp_path, monkeypatch, name):
     if name == "NODEVISOR_CONFIG":
         monkeypatch.setenv(name, str(file))
     assert load_config(file).runtime == "memory"
+
+
+def test_true_or_false_is_no_number(tmp_path):
+    file = tmp_path / "config.toml"
+    file.write_text("step_timeout = true\nreconcile_attempts = false\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(file)
+    lines = str(raised.value).splitlines()
+    assert lines[1:] == [
+        "  step_timeout: true is not a number",
+        "  reconcile_attempts: false is not a number",
+    ]

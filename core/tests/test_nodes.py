@@ -622,7 +622,7 @@ async def test_a_failed_snapshot_leaves_the_node_stopped_as_expected(
 
 
 async def test_a_step_blocked_in_a_thread_fails_its_command_at_step_timeout(
-    manager, memory, reports, new_id, monkeypatch
+    manager, memory, reports, new_id, monkeypatch, caplog
 ):
     await manager.create(new_id, create())
     release = threading.Event()
@@ -635,8 +635,12 @@ async def test_a_step_blocked_in_a_thread_fails_its_command_at_step_timeout(
     try:
         with anyio.fail_after(5), pytest.raises(RuntimeFailure) as failed:
             await manager.start(new_id)
+        assert "finished late" not in caplog.text
     finally:
         release.set()
+    with anyio.fail_after(5):  # left to itself, its end is logged
+        while "given up on at step_timeout, finished late" not in caplog.text:  # noqa: ASYNC110 (a log, polled)
+            await anyio.sleep(0.02)
 
     assert "did not finish start() for node" in str(failed.value)
     assert "within 0.3s (step_timeout)" in str(failed.value)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -83,6 +86,34 @@ def run_command(config_path: Path | None) -> None:
     """Connect to the control plane and carry out its commands until stopped."""
     config = _config(config_path)
     _run(lambda: _serve(Agent(config)))
+    leave_stuck_threads()
+
+
+def leave_stuck_threads(wait: float = 1.0) -> None:
+    """Exit now if runtime calls given up on still hold worker threads.
+
+    Python waits for every such thread at exit, however long a hung engine
+    keeps it, with the agent already stopped and its data dir free for the
+    next one. What the agent must keep is in its store by now.
+    """
+    others = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon
+    ]
+    deadline = time.monotonic() + wait
+    for thread in others:  # idle workers end once the event loop is closed
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [thread for thread in others if thread.is_alive()]
+    if not stuck:
+        return
+    log.warning(
+        "%d runtime calls given up on still run in worker threads; exiting "
+        "without waiting for them",
+        len(stuck),
+    )
+    logging.shutdown()
+    os._exit(0)
 
 
 async def _serve(agent: Agent) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
+from pydantic import ValidationInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from ._errors import ConfigError
@@ -85,6 +86,16 @@ class AgentConfig(BaseSettings):
     #: Seconds between two refreshes of running nodes' protocol status
     #: (height, sync) through runtimes that can ask (babel).
     protocol_interval: float = pydantic.Field(10.0, gt=0)
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would take true for 1: a number of seconds or attempts
+        # given as true/false is a mistake, not a number.
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field and field.annotation in (int, float):
+            raise ValueError(f"{str(value).lower()} is not a number")
+        return value
 
     @pydantic.field_validator("api_url")
     @classmethod

@@ -383,10 +383,12 @@ class NodeManager:
         outcome = await self._guarded(node, runtime, runtime.stop(spec))
         unclean = ""
         if not outcome.clean:
-            unclean = (
-                f"{outcome.detail or 'killed'} (it did not exit within "
-                f"{spec.grace_period:g}s of {spec.stop_signal})"
-            )
+            unclean = outcome.detail or "killed"
+            if outcome.outlived_grace:
+                unclean += (
+                    f" (it did not exit within {spec.grace_period:g}s of "
+                    f"{spec.stop_signal})"
+                )
             # Kept on the node: its chain data may need checking.
             node = node.replace(failure=f"stopped uncleanly: {unclean}")
         node = await self._move(node, S.Stopped)
@@ -817,7 +819,8 @@ async def _step(
         await asyncio.wait({task})
         raise
     if not done:
-        task.cancel()
+        # Left to itself, not cancelled: a call blocked in a worker thread
+        # would not take it, and how the step ends is worth a log line.
         task.add_done_callback(functools.partial(_late, runtime, node_id, what))
         raise RuntimeFailure(
             f"runtime {runtime.name!r} did not finish {what} for node {node_id} "
@@ -847,13 +850,13 @@ async def _step(
 def _late(runtime: Runtime, node_id: str, what: str, task: asyncio.Future[Any]) -> None:
     """How a step given up on ended, for the log."""
     if task.cancelled():
-        outcome = "was cancelled"
+        outcome = "was cancelled (the agent is stopping)"
     elif task.exception() is not None:
-        outcome = f"failed: {task.exception()!r}"
+        outcome = f"failed late: {task.exception()!r}"
     else:
-        outcome = "finished"
+        outcome = "finished late"
     log.warning(
-        "node %s: %s of runtime %r, given up on at step_timeout, %s late",
+        "node %s: %s of runtime %r, given up on at step_timeout, %s",
         node_id,
         what,
         runtime.name,

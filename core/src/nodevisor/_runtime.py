@@ -115,10 +115,16 @@ class RuntimeNode:
 
 @dataclass(frozen=True)
 class StopOutcome:
-    """How a stop ended. ``clean`` is false when the node had to be killed."""
+    """How a stop ended. ``clean`` is false when the node had to be killed.
+
+    An unclean stop was, unless ``outlived_grace`` is false, a node that did
+    not exit within its grace period of its stop signal; otherwise ``detail``
+    says why it was killed (its supervisor did not answer, say).
+    """
 
     clean: bool
     detail: str = ""
+    outlived_grace: bool = True
 
 
 @dataclass(frozen=True)

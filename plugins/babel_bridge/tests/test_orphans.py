@@ -283,8 +283,9 @@ async def test_a_stop_kills_a_babel_that_does_not_answer_and_its_node(
         with contextlib.suppress(ProcessLookupError):
             os.kill(babel, signal.SIGCONT)
 
-    assert not outcome.clean
+    assert not outcome.clean and not outcome.outlived_grace
     assert f"its babel, process {babel}, did not answer" in outcome.detail
+    assert _stat(babel) is None, "killed, and left a zombie behind"
     assert await _gone(babel, 0) and await _gone(node), "the node still runs"
     assert (await runtime.inspect(spec.id)).state is NodeState.STOPPED
     await runtime.delete(spec.id)

@@ -41,6 +41,7 @@ __all__ = [
     "kill_node_group",
     "kill_process",
     "node_group",
+    "reap",
 ]
 
 #: Set by babel, in the environment of the node's processes, to the node's id.
@@ -115,6 +116,24 @@ def kill_process(pid: int) -> None:
         raise RuntimeFailure(
             f"process {describe([pid])} outlived SIGKILL by {KILL_TIMEOUT:g}s"
         )
+
+
+def reap(pid: int, seconds: float = 2.0) -> None:
+    """Collect the exit of ``pid`` if it is a child of this process and ended.
+
+    A killed babel left unreaped stays a zombie until the agent next starts
+    a process. Its threads end after it shows as a zombie, and until they
+    have, it cannot be reaped: hence a few tries.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not this process's child, or reaped
+            return
+        if reaped or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
 
 
 def ended_within(pid: int, seconds: float) -> bool:

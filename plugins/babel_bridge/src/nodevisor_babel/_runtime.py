@@ -129,11 +129,12 @@ class BabelRuntime(BabelBridge, Runtime):
                 detail = f"its babel, process {babel}, did not answer; killed"
                 if killed:
                     detail += f", and what outlived it: {killed}"
-                return StopOutcome(clean=False, detail=detail)
+                return StopOutcome(clean=False, detail=detail, outlived_grace=False)
             if killed:
                 return StopOutcome(
                     clean=False,
                     detail=f"outlived its babel; killed by SIGKILL: {killed}",
+                    outlived_grace=False,
                 )
             return StopOutcome(clean=True)
         answer = await self._call(
@@ -359,6 +360,7 @@ class BabelRuntime(BabelBridge, Runtime):
             _procs.kill_process(pid)
         except RuntimeFailure as exc:
             raise RuntimeFailure(f"node {node_id}: its babel: {exc}") from exc
+        _procs.reap(pid)
         return pid
 
     def _end_orphans(self, node_id: str) -> str:
