@@ -814,9 +814,8 @@ async def _step(
         # Not anyio.fail_after: that would wait for the step to take its
         # cancellation, and a step blocked in a thread never does.
         done, _ = await asyncio.wait({task}, timeout=seconds)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError:  # the agent is stopping: so is the step
         task.cancel()
-        await asyncio.wait({task})
         raise
     if not done:
         # Left to itself, not cancelled: a call blocked in a worker thread
@@ -827,13 +826,13 @@ async def _step(
             f"within {seconds:g}s (step_timeout); it may still be at work, and the "
             "node is checked again"
         )
-    if plain:
-        return task.result()
     try:
         return task.result()
     except RuntimeFailure:
         raise
     except Exception as exc:
+        if plain:
+            raise
         log.error(
             "node %s: runtime %r raised %r instead of a RuntimeFailure",
             node_id,

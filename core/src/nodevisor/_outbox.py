@@ -24,7 +24,9 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 
@@ -39,10 +41,12 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "Outbox",
     "batched",
+    "grouped",
     "in_batches",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The largest message either side sends or accepts.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -261,24 +265,30 @@ def batched(payloads: list[bytes]) -> bytes:
 
 def in_batches(payloads: list[bytes], max_bytes: int = BATCH_BYTES) -> list[bytes]:
     """``payloads`` as messages: batches of at most ``max_bytes``, in order."""
-    messages: list[bytes] = []
-    batch: list[bytes] = []
-    size = 0
-    for payload in payloads:
-        if batch and size + len(payload) + _FRAMING > max_bytes:
-            messages.append(batched(batch))
-            batch, size = [], 0
-        batch.append(payload)
-        size += len(payload) + _FRAMING
-    if batch:
-        messages.append(batched(batch))
-    return messages
+    return [batched(group) for group in grouped(payloads, len, max_bytes)]
+
+
+def grouped(
+    items: Iterable[T], size: Callable[[T], int], max_bytes: int = BATCH_BYTES
+) -> list[list[T]]:
+    """``items`` in order, cut into groups of at most ``max_bytes`` once
+    framed in a batch; an item too large to share is a group of its own."""
+    groups: list[list[T]] = []
+    total = 0
+    for item in items:
+        length = size(item) + _FRAMING
+        if not groups or total + length > max_bytes:
+            groups.append([])
+            total = 0
+        groups[-1].append(item)
+        total += length
+    return groups
 
 
 #: Field numbers of ``InfoUpdateBatch.updates`` and ``InfoUpdate.batch``.
 _UPDATES_FIELD = command_flow_pb2.InfoUpdateBatch.UPDATES_FIELD_NUMBER
 _BATCH_FIELD = command_flow_pb2.InfoUpdate.BATCH_FIELD_NUMBER
-#: What framing adds to an update in a batch, at most: a tag and a length.
+#: What framing adds to an item in a batch, at most: a tag and a length.
 _FRAMING = 6
 
 

@@ -159,11 +159,19 @@ class Store:
                 f"there is no agent state at {str(path)!r}: has the agent run with "
                 "this data_dir?"
             )
+        return cls._on(
+            path,
+            sqlite3.connect(
+                f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False
+            ),
+        )
+
+    @classmethod
+    def _on(cls, path: Path, connection: sqlite3.Connection) -> Store:
+        """The store of ``path`` on ``connection``, with nothing created."""
         store = cls.__new__(cls)
         store.path = path
-        store._db = sqlite3.connect(
-            f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False
-        )
+        store._db = connection
         store._db.row_factory = sqlite3.Row
         store._lock = threading.Lock()
         store._second = None
@@ -184,16 +192,11 @@ class Store:
         its statements sees what was committed when it began.
         """
         if self._second is None:
-            second = Store.__new__(Store)
-            second.path = self.path
-            second._db = sqlite3.connect(
+            connection = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None
             )
-            second._db.row_factory = sqlite3.Row
-            second._db.execute("PRAGMA query_only=ON")
-            second._lock = threading.Lock()
-            second._second = None
-            self._second = second
+            connection.execute("PRAGMA query_only=ON")
+            self._second = Store._on(self.path, connection)
         return self._second.locked(fn, self._second, *args)
 
     def locked(self, fn: Callable[..., T], *args: Any) -> T:

@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2
 
 from blockjoy.api.v1 import command_flow_pb2
 
-from .._outbox import BATCH_BYTES, MAX_MESSAGE_BYTES
+from .._outbox import MAX_MESSAGE_BYTES, grouped
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
 from ._agent_api import reads_batches
 from ._db import Database, Queued, queue_command, with_meta
@@ -169,30 +169,18 @@ async def _write_answers(
     With ``batches``, the answers ready together go in one message, up to
     ``BATCH_BYTES`` of them (a larger answer goes alone).
     """
-    held: admin_pb2.SendCommandsResponse | None = None
+    Response = admin_pb2.SendCommandsResponse
     async with answers:
-        while True:
-            if held is None:
-                try:
-                    held = await answers.receive()
-                except anyio.EndOfStream:
-                    return
-            group, held = [held], None
-            size = group[0].ByteSize()
+        async for answer in answers:
+            ready = [answer]
             while batches:
                 try:
-                    answer = answers.receive_nowait()
+                    ready.append(answers.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-                size += answer.ByteSize() + 8  # and its tag and length
-                if size > BATCH_BYTES:
-                    held = answer  # the first of the next message
-                    break
-                group.append(answer)
-            if len(group) == 1:
-                await context.write(group[0])
-            else:
-                await context.write(admin_pb2.SendCommandsResponse(batch=group))
+            for group in grouped(ready, Response.ByteSize):
+                one = len(group) == 1
+                await context.write(group[0] if one else Response(batch=group))
 
 
 class _Batch:

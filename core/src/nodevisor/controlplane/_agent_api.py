@@ -19,7 +19,7 @@ from blockjoy.api.v1 import (
     host_pb2_grpc,
 )
 
-from .._outbox import BATCH_BYTES, BATCHES_HEADER, CONFIRMS_UPDATES_HEADER
+from .._outbox import BATCHES_HEADER, CONFIRMS_UPDATES_HEADER, grouped
 from ._db import Database, Recorded, mark_sent, record_updates
 from ._errors import InvalidRequest, abort_on_error
 from ._hub import Event, Hub, Session
@@ -308,17 +308,8 @@ def _in_batches(
 ) -> list[command_flow_pb2.Command]:
     """``commands`` as messages: batches of at most ``BATCH_BYTES``, in order;
     a command alone, or too large to share, as it is."""
-    groups: list[list[command_flow_pb2.Command]] = []
-    size = BATCH_BYTES
-    for command in commands:
-        length = command.ByteSize() + 6  # and its tag and length in the batch
-        if size + length > BATCH_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(command)
-        size += length
     Command, Batch = command_flow_pb2.Command, command_flow_pb2.CommandBatch
     return [
         group[0] if len(group) == 1 else Command(batch=Batch(commands=group))
-        for group in groups
+        for group in grouped(commands, command_flow_pb2.Command.ByteSize)
     ]

@@ -107,7 +107,9 @@ class ControlPlane:
         try:
             port = server.add_insecure_port(self.listen)
         except RuntimeError as exc:
-            why = _bind_error(self.listen) or str(exc)
+            # A host name is looked up: not on the event loop.
+            why = await anyio.to_thread.run_sync(_bind_error, self.listen)
+            why = why or str(exc)
             raise Unavailable(f"cannot listen on {self.listen!r}: {why}") from exc
         try:
             db = await self._open_data_dir()
