@@ -221,3 +221,60 @@ async def test_a_command_batch_is_not_a_command_to_queue(
     [answer] = [a async for a in cp.admin.send_commands(one())]
     assert "CommandBatch is how the control plane" in answer.refused
     assert await cp.admin.list_commands(host_id) == []
+
+
+async def _answers_to(
+    cp: RunningControlPlane, messages: list[admin_pb2.SendCommandsRequest]
+) -> tuple[grpc.aio.Metadata, list[admin_pb2.SendCommandsResponse]]:
+    """Send ``messages`` on one plain ``SendCommands`` call; the response
+    headers and the first answer to each request, by index (with no agent,
+    a queued command has no result)."""
+    metadata = [("authorization", f"Bearer {cp.control_plane.admin_token}")]
+
+    async def send() -> AsyncIterator[admin_pb2.SendCommandsRequest]:
+        for message in messages:
+            yield message
+
+    async with grpc.aio.insecure_channel(cp.address) as channel:
+        call = admin_pb2_grpc.AdminServiceStub(channel).SendCommands(
+            send(), metadata=metadata
+        )
+        requests = sum(len(message.batch) or 1 for message in messages)
+        answers: list[admin_pb2.SendCommandsResponse] = []
+        with anyio.fail_after(20):
+            headers = await call.initial_metadata()
+            while len(answers) < requests:
+                answers.append(await call.read())
+        call.cancel()
+    return headers, sorted(answers, key=lambda answer: answer.index)
+
+
+async def test_send_commands_reads_requests_sent_in_a_batch_each_by_its_position(
+    cp: RunningControlPlane,
+) -> None:
+    host_id, _ = await cp.provision()  # no agent: each command stays queued
+    Request = admin_pb2.SendCommandsRequest
+    ids = [str(uuid.uuid4()) for _ in range(5)]  # a node each
+    unknown_host = Request(host_id="no-such-host", command=start(ids[2]))
+    nested = Request(batch=[Request(host_id=host_id, command=start(ids[4]))])
+    messages = [
+        Request(host_id=host_id, command=start(ids[0])),
+        Request(batch=[Request(host_id=host_id, command=start(ids[1])), unknown_host]),
+        Request(batch=[Request(host_id=host_id, command=start(ids[3])), nested]),
+    ]
+
+    headers, answers = await _answers_to(cp, messages)
+
+    assert headers.get(BATCHES_HEADER) == "1"  # said at once, before any answer
+    assert [(a.index, a.WhichOneof("update")) for a in answers] == [
+        (0, "queued"),
+        (1, "queued"),
+        (2, "refused"),
+        (3, "queued"),
+        (4, "refused"),
+    ]
+    assert [answers[n].queued.node_id for n in (0, 1, 3)] == [ids[0], ids[1], ids[3]]
+    assert "no-such-host" in answers[2].refused
+    assert "a batch inside a batch" in answers[4].refused
+    queued = [record.node_id for record in await cp.admin.list_commands(host_id)]
+    assert queued == [ids[0], ids[1], ids[3]]  # in the order they were sent

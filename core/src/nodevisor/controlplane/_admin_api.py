@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2
 
 from blockjoy.api.v1 import command_flow_pb2
 
-from .._outbox import MAX_MESSAGE_BYTES, grouped
+from .._outbox import BATCHES_HEADER, MAX_MESSAGE_BYTES, grouped
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
 from ._agent_api import reads_batches
 from ._db import Database, Queued, queue_command, with_meta
@@ -149,6 +149,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         async with abort_on_error(context):
             self._authorize(context)
         batches = reads_batches(context.invocation_metadata())
+        # Said at once: a caller that reads it may send its requests in batches.
+        await context.send_initial_metadata(((BATCHES_HEADER, "1"),))
         with self._hub.follow() as follower:
             batch = _Batch(self._db, self._hub, follower)
             async with anyio.create_task_group() as tasks:
@@ -207,18 +209,28 @@ class _Batch:
         self, requests: AsyncIterator[admin_pb2.SendCommandsRequest]
     ) -> None:
         index = 0
-        async for request in requests:
-            self._open += 1
-            try:
-                self._queue(index, request)
-            except Exception as exc:  # one bad request must not end the call
-                log.exception("could not queue request %d of a SendCommands", index)
-                self._refuse(index, f"the control plane could not queue it: {exc!r}")
-            index += 1
+        async for message in requests:
+            for request in message.batch or (message,):
+                self._open += 1
+                try:
+                    self._queue(index, request)
+                except Exception as exc:  # one bad request must not end the call
+                    log.exception("could not queue request %d of a SendCommands", index)
+                    self._refuse(
+                        index, f"the control plane could not queue it: {exc!r}"
+                    )
+                index += 1
         self._taking = False
         self._end_if_done()
 
     def _queue(self, index: int, request: admin_pb2.SendCommandsRequest) -> None:
+        if request.batch:
+            self._refuse(
+                index,
+                "a batch inside a batch: each item of SendCommandsRequest.batch "
+                "is one request, with a host_id and a command",
+            )
+            return
         host_id = request.host_id
         try:
             command, command_id = _prepared(request.command)

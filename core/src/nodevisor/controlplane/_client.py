@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -12,7 +13,7 @@ import grpc
 
 from blockjoy.api.v1 import command_flow_pb2
 
-from .._outbox import BATCHES_HEADER
+from .._outbox import BATCHES_HEADER, grouped
 from ..admin.v1 import admin_pb2, admin_pb2_grpc
 from ._errors import ControlPlaneError, from_rpc_error
 from ._tokens import read_admin_token
@@ -133,24 +134,31 @@ class AdminClient:
         Yields the answers as they come: for each request, by its position,
         its queued record (or why it was refused), then its result. Ends once
         ``requests`` is exhausted and every queued command has its result.
+        Requests that are ready together go in one message, and so do the
+        answers, once the control plane has said it reads batches. An error
+        raised by ``requests`` ends the call and is raised here.
         """
-
-        async def messages() -> AsyncIterator[admin_pb2.SendCommandsRequest]:
-            async for host_id, command in requests:
-                yield admin_pb2.SendCommandsRequest(host_id=host_id, command=command)
-
-        # Answers ready together come in one message: given one by one.
         metadata = (*self._metadata, (BATCHES_HEADER, "1"))
-        call = self._stub.SendCommands(messages(), metadata=metadata)
+        call = self._stub.SendCommands(metadata=metadata)
+        writer = asyncio.create_task(_write_requests(call, requests))
+        writer.add_done_callback(
+            lambda done: done.cancelled() or _cancel_if_failed(call, done)
+        )
         try:
             with self._translated():
-                async for response in call:
-                    if response.batch:
-                        for answer in response.batch:
-                            yield answer
-                    else:
-                        yield response
+                try:
+                    async for response in call:
+                        if response.batch:
+                            for answer in response.batch:
+                                yield answer
+                        else:
+                            yield response
+                except asyncio.CancelledError:
+                    _raise_if_failed(writer)  # the writer's error, not grpc's cancel
+                    raise
+            await writer
         finally:
+            writer.cancel()
             call.cancel()
 
     async def queue_command(
@@ -166,6 +174,65 @@ class AdminClient:
         raise ControlPlaneError(
             f"control plane at {self.address} ended SendCommand before queueing"
         )
+
+
+async def _write_requests(
+    call: grpc.aio.StreamStreamCall,
+    requests: AsyncIterable[tuple[str, command_flow_pb2.Command]],
+) -> None:
+    """Write ``requests`` to ``call``; what came while a write was under way
+    goes in the next message together, once the server reads batches."""
+    Request = admin_pb2.SendCommandsRequest
+    ready: list[admin_pb2.SendCommandsRequest] = []
+    arrived = asyncio.Event()
+
+    async def take() -> None:
+        try:
+            async for host_id, command in requests:
+                ready.append(Request(host_id=host_id, command=command))
+                arrived.set()
+        finally:
+            arrived.set()
+
+    headers = asyncio.ensure_future(call.initial_metadata())
+    taker = asyncio.create_task(take())
+    try:
+        while not (taker.done() and not ready):
+            await arrived.wait()
+            arrived.clear()
+            _raise_if_failed(taker)
+            group, ready[:] = ready[:], []
+            batches = _said_batches(headers)
+            for part in (
+                grouped(group, Request.ByteSize)
+                if batches
+                else [[one] for one in group]
+            ):
+                await call.write(part[0] if len(part) == 1 else Request(batch=part))
+        await call.done_writing()
+    finally:
+        taker.cancel()
+        headers.cancel()
+
+
+def _said_batches(headers: asyncio.Future[grpc.aio.Metadata | None]) -> bool:
+    """Whether the server's response headers, if in, say it reads batches."""
+    if not headers.done() or headers.cancelled() or headers.exception() is not None:
+        return False
+    metadata = headers.result()
+    return metadata is not None and metadata.get(BATCHES_HEADER) == "1"
+
+
+def _cancel_if_failed(
+    call: grpc.aio.StreamStreamCall, task: asyncio.Task[None]
+) -> None:
+    if task.exception() is not None:
+        call.cancel()
+
+
+def _raise_if_failed(task: asyncio.Task[None]) -> None:
+    if task.done() and not task.cancelled() and (error := task.exception()):
+        raise error
 
 
 def _nanoseconds(seconds: float) -> int:

@@ -340,19 +340,29 @@ class SendCommandsRequest(google.protobuf.message.Message):
 
     HOST_ID_FIELD_NUMBER: builtins.int
     COMMAND_FIELD_NUMBER: builtins.int
+    BATCH_FIELD_NUMBER: builtins.int
     host_id: builtins.str
     @property
     def command(self) -> blockjoy.api.v1.command_flow_pb2.Command:
         """As in `SendCommandRequest`."""
+
+    @property
+    def batch(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___SendCommandsRequest]:
+        """Requests that were ready together, in order, each complete and each
+        answered by its own position; the message that carries them is no
+        request of its own. Only to a control plane that said it reads batches
+        (`nodevisor-batches: 1` in its response headers).
+        """
 
     def __init__(
         self,
         *,
         host_id: builtins.str = ...,
         command: blockjoy.api.v1.command_flow_pb2.Command | None = ...,
+        batch: collections.abc.Iterable[Global___SendCommandsRequest] | None = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["command", b"command"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["command", b"command", "host_id", b"host_id"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["batch", b"batch", "command", b"command", "host_id", b"host_id"]) -> None: ...
 
 Global___SendCommandsRequest: typing_extensions.TypeAlias = SendCommandsRequest
 
