@@ -809,15 +809,21 @@ async def _step(
     # A runtime's method by its name ("start()"), a step of several as such.
     method = getattr(step, "__qualname__", "").rpartition(".")
     what = f"{method[2]}()" if method[1] else "its step"
-    task = asyncio.ensure_future(step)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(step)
+    # Not anyio.fail_after: that would wait for the step to take its
+    # cancellation, and a step blocked in a thread never does.
+    ended = loop.create_future()
+    task.add_done_callback(functools.partial(_wake, ended))
+    deadline = loop.call_later(seconds, _wake, ended)
     try:
-        # Not anyio.fail_after: that would wait for the step to take its
-        # cancellation, and a step blocked in a thread never does.
-        done, _ = await asyncio.wait({task}, timeout=seconds)
+        await ended
     except asyncio.CancelledError:  # the agent is stopping: so is the step
         task.cancel()
         raise
-    if not done:
+    finally:
+        deadline.cancel()
+    if not task.done():
         # Left to itself, not cancelled: a call blocked in a worker thread
         # would not take it, and how the step ends is worth a log line.
         task.add_done_callback(functools.partial(_late, runtime, node_id, what))
@@ -844,6 +850,11 @@ async def _step(
             f"runtime {runtime.name!r} failed on node {node_id} with an "
             f"unexpected {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _wake(ended: asyncio.Future[None], *_: object) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 def _late(runtime: Runtime, node_id: str, what: str, task: asyncio.Future[Any]) -> None:

@@ -409,6 +409,13 @@ class StoreRunner:
         self._closing = False
         self._last_write: asyncio.Future[Any] | None = None
         self._group: list[_Write] | None = None
+        #: The event loop while entered. Python 3.11 makes a system call
+        #: (getpid) each time the running loop is looked up, and a command
+        #: queues several writes: the loop is looked up once.
+        self._entered_loop: asyncio.AbstractEventLoop | None = None
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self._entered_loop or asyncio.get_running_loop()
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         # Reads see every write queued before them.
@@ -441,7 +448,7 @@ class StoreRunner:
 
     def write_nowait(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue a write; the future resolves once it is committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = self._loop().create_future()
         self._last_write = future
         if self._group is not None:
             self._group.append((fn, args, future))
@@ -458,7 +465,7 @@ class StoreRunner:
         updates the control plane has confirmed, say), so that it adds no
         commit of its own to a command's path.
         """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = self._loop().create_future()
         self._enqueue(fn, args, future, hurry=False)
         return future
 
@@ -481,7 +488,7 @@ class StoreRunner:
         finally:
             self._group = None
         if group:
-            future = asyncio.get_running_loop().create_future()
+            future = self._loop().create_future()
             future.add_done_callback(lambda done: _settle_group(group, done))
             self._enqueue(
                 _apply_group, ([(fn, args) for fn, args, _ in group],), future
@@ -497,14 +504,15 @@ class StoreRunner:
     ) -> None:
         self._queue.append((fn, args, future))
         if self._flusher is None:
-            asyncio.get_running_loop().create_task(self._flush_once())
+            self._loop().create_task(self._flush_once())
             return
         if hurry:
             self._hurry.set()
         self._wake.set()
 
     async def __aenter__(self) -> StoreRunner:
-        self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        self._entered_loop = loop = asyncio.get_running_loop()
+        self._flusher = loop.create_task(self._flush_forever())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -517,6 +525,7 @@ class StoreRunner:
             # The flusher finishes the batch it holds and what is queued
             # behind it; cancelling it would lose a batch taken but unwritten.
             await flusher
+        self._entered_loop = None
 
     async def _flush_forever(self) -> None:
         while True:
