@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ._errors import ConfigError, Conflict
+from ._loop import Worker, running_loop
 from ._states import NodeStatus
 
 __all__ = [
@@ -397,8 +398,8 @@ class StoreRunner:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._limiter = anyio.CapacityLimiter(1)
-        self._apart_limiter = anyio.CapacityLimiter(1)
+        self._thread = Worker("nodevisor-store")
+        self._apart_thread = Worker("nodevisor-store-apart")
         self._queue: list[
             tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
         ] = []
@@ -409,13 +410,6 @@ class StoreRunner:
         self._closing = False
         self._last_write: asyncio.Future[Any] | None = None
         self._group: list[_Write] | None = None
-        #: The event loop while entered. Python 3.11 makes a system call
-        #: (getpid) each time the running loop is looked up, and a command
-        #: queues several writes: the loop is looked up once.
-        self._entered_loop: asyncio.AbstractEventLoop | None = None
-
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        return self._entered_loop or asyncio.get_running_loop()
 
     async def __call__(self, fn: Callable[..., T], *args: Any) -> T:
         # Reads see every write queued before them.
@@ -433,14 +427,10 @@ class StoreRunner:
         last = self._last_write
         if last is not None and not last.done():
             await asyncio.wait([last])
-        return await anyio.to_thread.run_sync(
-            lambda: self.store.apart(fn, *args), limiter=self._apart_limiter
-        )
+        return await self._apart_thread.run(self.store.apart, fn, *args)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await anyio.to_thread.run_sync(
-            lambda: self.store.locked(fn, *args), limiter=self._limiter
-        )
+        return await self._thread.run(self.store.locked, fn, *args)
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write; return once it is committed."""
@@ -448,7 +438,7 @@ class StoreRunner:
 
     def write_nowait(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Queue a write; the future resolves once it is committed."""
-        future: asyncio.Future[T] = self._loop().create_future()
+        future: asyncio.Future[T] = running_loop().create_future()
         self._last_write = future
         if self._group is not None:
             self._group.append((fn, args, future))
@@ -465,7 +455,7 @@ class StoreRunner:
         updates the control plane has confirmed, say), so that it adds no
         commit of its own to a command's path.
         """
-        future: asyncio.Future[T] = self._loop().create_future()
+        future: asyncio.Future[T] = running_loop().create_future()
         self._enqueue(fn, args, future, hurry=False)
         return future
 
@@ -488,7 +478,7 @@ class StoreRunner:
         finally:
             self._group = None
         if group:
-            future = self._loop().create_future()
+            future = running_loop().create_future()
             future.add_done_callback(lambda done: _settle_group(group, done))
             self._enqueue(
                 _apply_group, ([(fn, args) for fn, args, _ in group],), future
@@ -504,15 +494,14 @@ class StoreRunner:
     ) -> None:
         self._queue.append((fn, args, future))
         if self._flusher is None:
-            self._loop().create_task(self._flush_once())
+            running_loop().create_task(self._flush_once())
             return
         if hurry:
             self._hurry.set()
         self._wake.set()
 
     async def __aenter__(self) -> StoreRunner:
-        self._entered_loop = loop = asyncio.get_running_loop()
-        self._flusher = loop.create_task(self._flush_forever())
+        self._flusher = running_loop().create_task(self._flush_forever())
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -525,7 +514,6 @@ class StoreRunner:
             # The flusher finishes the batch it holds and what is queued
             # behind it; cancelling it would lose a batch taken but unwritten.
             await flusher
-        self._entered_loop = None
 
     async def _flush_forever(self) -> None:
         while True:

@@ -162,27 +162,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
 async def _write_answers(
     context: grpc.aio.ServicerContext,
-    answers: MemoryObjectReceiveStream[admin_pb2.SendCommandsResponse],
+    answers: asyncio.Queue[admin_pb2.SendCommandsResponse | None],
     *,
     batches: bool,
 ) -> None:
-    """Write every answer, until the stream of answers ends.
+    """Write every answer, until the ``None`` that ends them.
 
     With ``batches``, the answers ready together go in one message, up to
     ``BATCH_BYTES`` of them (a larger answer goes alone).
     """
     Response = admin_pb2.SendCommandsResponse
-    async with answers:
-        async for answer in answers:
-            ready = [answer]
-            while batches:
-                try:
-                    ready.append(answers.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            for group in grouped(ready, Response.ByteSize):
-                one = len(group) == 1
-                await context.write(group[0] if one else Response(batch=group))
+    ended = False
+    while not ended:
+        ready = [await answers.get()]
+        while batches and not answers.empty():
+            ready.append(answers.get_nowait())
+        if ready[-1] is None:
+            ended = True
+            ready.pop()
+        for group in grouped(ready, Response.ByteSize):  # type: ignore[arg-type]
+            one = len(group) == 1
+            await context.write(group[0] if one else Response(batch=group))
 
 
 class _Batch:
@@ -196,14 +196,16 @@ class _Batch:
 
     def __init__(self, db: Database, hub: Hub, follower: Follower) -> None:
         self._db, self._hub, self._follower = db, hub, follower
-        self._send, self.receive = anyio.create_memory_object_stream[
-            admin_pb2.SendCommandsResponse
-        ](math.inf)
+        #: Each answer as soon as it is known; ``None`` after the last.
+        self.receive: asyncio.Queue[admin_pb2.SendCommandsResponse | None] = (
+            asyncio.Queue()
+        )
         #: The index of each queued command without a result, by host and id.
         self._waiting: dict[tuple[str, str], int] = {}
         #: Requests taken whose final answer is yet to be given.
         self._open = 0
         self._taking = True
+        self._ended = False
 
     async def take(
         self, requests: AsyncIterator[admin_pb2.SendCommandsRequest]
@@ -286,15 +288,16 @@ class _Batch:
     ) -> None:
         answer = admin_pb2.SendCommandsResponse(index=index, **update)  # type: ignore[arg-type]
         answer.received_at.FromNanoseconds(int((received_at or time.time()) * 1e9))
-        self._send.send_nowait(answer)
+        self.receive.put_nowait(answer)
 
     def _close(self) -> None:
         self._open -= 1
         self._end_if_done()
 
     def _end_if_done(self) -> None:
-        if not self._taking and self._open == 0:
-            self._send.close()
+        if not self._taking and self._open == 0 and not self._ended:
+            self._ended = True
+            self.receive.put_nowait(None)
 
 
 #: The largest command queued: a host accepts messages up to

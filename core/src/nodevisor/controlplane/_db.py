@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import anyio
 from google.protobuf.message import Message
 
 from blockjoy.api.v1 import command_flow_pb2, host_pb2, node_pb2
 
+from .._loop import Worker, running_loop
 from ..admin.v1 import admin_pb2
 from ._errors import InvalidRequest, NotFound, OtpRejected, Unauthenticated
 from ._tokens import digest, new_secret
@@ -109,7 +109,7 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
+        self._thread = Worker("nodevisor-db")
         _owner_only(path)
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None
@@ -132,11 +132,11 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        self._thread.close()
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one of this database's methods in a worker thread."""
-        bound = functools.partial(fn, *args, **kwargs)
-        return await anyio.to_thread.run_sync(bound, limiter=self._limiter)
+        return await self._thread.run(functools.partial(fn, *args, **kwargs))
 
     def write(
         self,
@@ -149,7 +149,7 @@ class Database:
         Writes queued while a commit is under way go together into the next
         one; a write that raises is rolled back alone.
         """
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.append((functools.partial(fn, **kwargs), args, future))
         if not self._flushing:
@@ -163,9 +163,7 @@ class Database:
                 batch, self._queue = self._queue, []
                 writes = [(fn, args) for fn, args, _ in batch]
                 try:
-                    results = await anyio.to_thread.run_sync(
-                        self._apply, writes, limiter=self._limiter
-                    )
+                    results = await self._thread.run(self._apply, writes)
                 except Exception as exc:  # the commit failed: every write in it did
                     log.error("committing %d writes failed: %r", len(batch), exc)
                     results = [exc] * len(batch)

@@ -1,0 +1,54 @@
+"""Event-loop plumbing for the hot paths of the agent and the control plane.
+
+Python 3.11 makes a system call (``getpid``) every time code asks for the
+running event loop: ``asyncio.get_running_loop()``, ``create_future`` on a
+loop looked up that way, ``asyncio.current_task()``, and anyio's checks of
+which library runs it. Under load a command asked hundreds of times, about a
+tenth of each process's event loop. ``running_loop`` asks once per thread
+and loop; ``Worker`` runs blocking calls in one thread of its own, in turn,
+without anyio's per-call bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+__all__ = ["Worker", "running_loop"]
+
+T = TypeVar("T")
+
+_local = threading.local()
+
+
+def running_loop() -> asyncio.AbstractEventLoop:
+    """The event loop running in this thread, as ``asyncio.get_running_loop``.
+
+    A loop seen before in this thread that is still running is the one: a
+    thread runs one loop at a time, and a loop runs in one thread.
+    """
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or not loop.is_running():
+        loop = _local.loop = asyncio.get_running_loop()
+    return loop
+
+
+class Worker:
+    """One thread that runs blocking calls, in the order they are given.
+
+    A call whose caller is cancelled still runs to its end in the thread;
+    only its result is dropped.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        """Let the thread end once it has run what it was given."""
+        self._executor.shutdown(wait=False)
