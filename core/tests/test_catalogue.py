@@ -16,6 +16,18 @@ def test_resolves_a_version_for_a_runtime(catalogue_dir):
     assert release.command == ("testchaind",)
 
 
+def test_a_runtime_that_changes_its_spec_changes_no_later_one(catalogue_dir):
+    catalogue = Catalogue.load([catalogue_dir])
+    release = catalogue.resolve("testchain/2", "memory")
+    spec = release.node_spec(node_id="a", name="a", host_id="h")
+    spec.environment["CHANGED"] = "1"
+    spec.options["changed"] = True
+
+    again = catalogue.resolve("testchain/2", "memory")
+    later = again.node_spec(node_id="b", name="b", host_id="h")
+    assert "CHANGED" not in later.environment and "changed" not in later.options
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

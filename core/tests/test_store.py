@@ -23,6 +23,19 @@ def node(n: int) -> NodeRecord:
     )
 
 
+def test_replace_changes_the_fields_named_and_refuses_an_unknown_one():
+    record = node(1)
+    changed = record.replace(status=NodeStatus.Stopped, failure="gone")
+
+    assert (changed.status, changed.failure) == (NodeStatus.Stopped, "gone")
+    assert changed == NodeRecord(
+        **{**record.__dict__, "status": NodeStatus.Stopped, "failure": "gone"}
+    )
+    assert record.status is NodeStatus.Running  # the original is unchanged
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        record.replace(colour="blue")
+
+
 async def test_a_long_read_apart_holds_up_no_commit(tmp_path):
     reading, finish = threading.Event(), threading.Event()
 

@@ -128,8 +128,9 @@ class Release:
             data_path=self.data_path,
             stop_signal=self.stop_signal,
             grace_period=self.grace_period,
-            environment=self.environment,
-            options=self.options,
+            # Copies: a runtime may change its spec's, and the release is shared.
+            environment=dict(self.environment),
+            options=dict(self.options),
             interface=self.interface,
         )
 
@@ -150,6 +151,9 @@ class Catalogue:
 
     def __init__(self, protocols: dict[str, _ProtocolFile]) -> None:
         self._protocols = protocols
+        #: Releases resolved before, by url and runtime: a command resolves
+        #: its node's release a few times, and building one is not cheap.
+        self._resolved: dict[tuple[str, str], Release] = {}
 
     @classmethod
     def load(cls, directories: Iterable[Path]) -> Catalogue:
@@ -170,6 +174,12 @@ class Catalogue:
 
     def resolve(self, url: str, runtime: str) -> Release:
         """Return what ``url`` runs on ``runtime``; ``InvalidArgument`` if unknown."""
+        release = self._resolved.get((url, runtime))
+        if release is None:
+            release = self._resolved[url, runtime] = self._resolve(url, runtime)
+        return release
+
+    def _resolve(self, url: str, runtime: str) -> Release:
         protocol, version = parse_url(url)
         spec = self._protocols.get(protocol)
         if spec is None:

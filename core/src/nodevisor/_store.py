@@ -101,10 +101,18 @@ class NodeRecord:
         return f"{self.protocol}/{self.version}"
 
     def replace(self, **changes: object) -> NodeRecord:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        # As dataclasses.replace, without its look at every field's
+        # definition: a command replaces a node's record several times.
+        unknown = changes.keys() - _NODE_FIELD_SET
+        if unknown:
+            raise TypeError(f"NodeRecord has no field {sorted(unknown)[0]!r}")
+        record = object.__new__(NodeRecord)
+        record.__dict__.update(self.__dict__, **changes)
+        return record
 
 
 _NODE_FIELDS = tuple(f.name for f in dataclasses.fields(NodeRecord))
+_NODE_FIELD_SET = frozenset(_NODE_FIELDS)
 # An upsert on the id: "INSERT OR REPLACE" would settle a clash on the
 # unique live-name index by deleting the other node's record.
 _SAVE_NODE = (

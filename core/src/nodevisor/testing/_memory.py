@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -74,12 +75,18 @@ class MemoryRuntime(Runtime):
         #: What each node file held when last read, by path, with the
         #: ``_stamp`` of the file then; only files settled at that time.
         self._seen: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._paths: dict[str, str] = {}
 
     # persistence: a file per node, so that a new instance finds the old nodes
 
-    def _path(self, node_id: str) -> Path:
-        # Quoted, so that no id can name a path outside the folder.
-        return self._dir / f"node-{quote(node_id, safe='')}.json"
+    def _path(self, node_id: str) -> str:
+        # Quoted, so that no id can name a path outside the folder. Kept, as
+        # every step of every command looks its node's file up.
+        path = self._paths.get(node_id)
+        if path is None:
+            path = str(self._dir / f"node-{quote(node_id, safe='')}.json")
+            self._paths[node_id] = path
+        return path
 
     def _load(self, node_id: str) -> dict[str, Any] | None:
         try:
@@ -106,8 +113,10 @@ class MemoryRuntime(Runtime):
 
     def _remove(self, node_id: str) -> None:
         path = self._path(node_id)
-        self._seen.pop(str(path), None)
-        path.unlink(missing_ok=True)
+        del self._paths[node_id]
+        self._seen.pop(path, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
     def _load_all(self) -> Iterator[dict[str, Any]]:
         try:
