@@ -278,3 +278,34 @@ async def test_send_commands_reads_requests_sent_in_a_batch_each_by_its_position
     assert "a batch inside a batch" in answers[4].refused
     queued = [record.node_id for record in await cp.admin.list_commands(host_id)]
     assert queued == [ids[0], ids[1], ids[3]]  # in the order they were sent
+
+
+async def test_a_confirmation_waits_a_little_for_a_command_to_go_with(
+    cp: RunningControlPlane, agents: list[FakeAgent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long enough that the command below is surely queued within it.
+    monkeypatch.setattr("nodevisor.controlplane._agent_api.CONFIRM_LINGER", 2.0)
+    host_id, token = await cp.provision()
+    agents.append(agent := FakeAgent(cp.address, token, batches=True))
+    await agent.send(seq=1, node=node_pb2.NodeInfo(id=common_pb2.Uuid(value="n")))
+    await cp.wait_online(host_id)
+    queued = await queue_start(cp, host_id)
+
+    message = await agent.next_command()
+
+    assert message.WhichOneof("type") == "batch"
+    command, received = message.batch.commands
+    assert command.node.meta.api_command_id.value == queued.id
+    assert received.received.up_to == 1
+
+
+async def test_a_confirmation_with_no_command_to_go_with_still_goes(
+    cp: RunningControlPlane, agents: list[FakeAgent]
+) -> None:
+    _, token = await cp.provision()
+    agents.append(agent := FakeAgent(cp.address, token, batches=True))
+    await agent.send(seq=1, node=node_pb2.NodeInfo(id=common_pb2.Uuid(value="n")))
+
+    message = await agent.next_command(seconds=2.0)
+
+    assert message.received.up_to == 1

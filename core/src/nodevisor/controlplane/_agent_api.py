@@ -34,6 +34,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: How long a confirmation of updates waits for a command to go with it.
+CONFIRM_LINGER = 0.02
+
 
 async def authenticate_host(db: Database, context: grpc.aio.ServicerContext) -> str:
     """The id of the host whose bearer token the call carries."""
@@ -242,11 +245,17 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
                     last = max(last, seq)
                 sent = [command_id for _, command_id, _ in pending]
                 db.write(mark_sent, sent).add_done_callback(_log_failed_write)
-            # Confirmations wake the sender too.
+            # Confirmations wake the sender too. One with no command to ride
+            # along with waits a little for one: under load the next command
+            # comes within milliseconds, and a confirmation need not be
+            # prompt (the agent only trims its outbox with it, and takes a
+            # stream for dead after many seconds without one).
             while not (session.queued or session.outgoing):
                 await session.wake.wait()
                 session.wake.clear()
-                await self._write(session, context, [])
+                await _commands_within(session, CONFIRM_LINGER)
+                if not (session.queued or session.outgoing):
+                    await self._write(session, context, [])
             if session.queued:  # queued without the command in hand: look
                 session.queued = False
                 session.outgoing.clear()
@@ -287,6 +296,15 @@ class CommandFlowServicer(command_flow_pb2_grpc.CommandFlowServicer):
             log.info("host %s disconnected", session.host_id)
         finally:
             self._hub.finished(session)
+
+
+async def _commands_within(session: Session, seconds: float) -> None:
+    """Return once commands wait to go to the session's host, or after
+    ``seconds``."""
+    with anyio.move_on_after(seconds):
+        while not (session.queued or session.outgoing):
+            await session.wake.wait()
+            session.wake.clear()
 
 
 def reads_batches(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
