@@ -24,6 +24,7 @@ import anyio
 from nodevisor._agent import Agent
 from nodevisor._config import load_config
 from nodevisor._logging import configure
+from nodevisor._loop import take_short_turns
 
 IMPORTED = time.time()
 
@@ -54,4 +55,5 @@ async def main(config: Path) -> None:
 if __name__ == "__main__":
     level = sys.argv[2] if len(sys.argv) > 2 else "WARNING"
     configure(level)  # as `nodevisor` sets up its log
+    take_short_turns()  # as `nodevisor agent run` does
     asyncio.run(main(Path(sys.argv[1])))

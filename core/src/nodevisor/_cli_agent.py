@@ -20,6 +20,7 @@ from ._agent import Agent
 from ._config import AgentConfig, check_api_url, load_config
 from ._credentials import Credentials
 from ._errors import CredentialsError, NodevisorError
+from ._loop import take_short_turns
 from ._output import console
 from ._plugins import PluginManager
 from ._provision import provision
@@ -85,6 +86,7 @@ def _saved_api_url(config: AgentConfig) -> str | None:
 def run_command(config_path: Path | None) -> None:
     """Connect to the control plane and carry out its commands until stopped."""
     config = _config(config_path)
+    take_short_turns()
     _run(lambda: _serve(Agent(config)))
     leave_stuck_threads()
 

@@ -1,4 +1,4 @@
-"""Event-loop plumbing for the hot paths of the agent and the control plane.
+"""Event-loop and thread plumbing for the agent and the control plane.
 
 Python 3.11 makes a system call (``getpid``) every time code asks for the
 running event loop: ``asyncio.get_running_loop()``, ``create_future`` on a
@@ -6,18 +6,21 @@ loop looked up that way, ``asyncio.current_task()``, and anyio's checks of
 which library runs it. Under load a command asked hundreds of times, about a
 tenth of each process's event loop. ``running_loop`` asks once per thread
 and loop; ``Worker`` runs blocking calls in one thread of its own, in turn,
-without anyio's per-call bookkeeping.
+without anyio's per-call bookkeeping. ``take_short_turns`` makes threads
+hand the interpreter over sooner, for processes whose store commits in a
+thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["Worker", "running_loop"]
+__all__ = ["SWITCH_INTERVAL", "Worker", "running_loop", "take_short_turns"]
 
 T = TypeVar("T")
 
@@ -52,3 +55,21 @@ class Worker:
     def close(self) -> None:
         """Let the thread end once it has run what it was given."""
         self._executor.shutdown(wait=False)
+
+
+#: Seconds a thread that wants the interpreter (the GIL) waits for the
+#: thread that holds it to let go; Python's default is 5 ms.
+SWITCH_INTERVAL = 0.0005
+
+
+def take_short_turns() -> None:
+    """Make threads take turns every ``SWITCH_INTERVAL`` seconds.
+
+    For the agent and the control plane, which each commit in a worker
+    thread while the event loop stays busy: a commit takes the interpreter
+    back after every SQLite statement, and with the default turn of 5 ms a
+    busy event loop stretched each commit, and so each command, by
+    milliseconds (README, "Performance"). A process-wide setting: the
+    command lines call it for the process they run, not the library.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)

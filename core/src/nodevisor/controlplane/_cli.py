@@ -22,6 +22,7 @@ from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
 
 from .._config import check_api_url
 from .._logging import configure
+from .._loop import take_short_turns
 from .._output import console
 from ..admin.v1 import admin_pb2
 from ._admin_api import MIN_SECONDS
@@ -146,6 +147,7 @@ def serve(listen: str, data_dir: Path) -> None:
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
     configure()
+    take_short_turns()
     _run(serve_forever, data_dir, listen)
 
 
