@@ -408,6 +408,9 @@ async def test_sigterm_lets_a_short_command_finish_and_refuses_new_ones(
 
     assert await exited(agent, 15) == 0
     assert time.monotonic() - signalled < 6, "did not exit once the command finished"
+    # Its own threads (the store's) end with it: none counts as left running.
+    assert "agent stopped" in agent.output()
+    assert "given up on still run" not in agent.output()
     record = await state_of(cp, start.id)
     assert (record.state, record.exit_code) == (FINISHED, 0), record
     assert agent.executions()[late.id] == 0

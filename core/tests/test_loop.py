@@ -55,6 +55,12 @@ def test_a_worker_runs_calls_in_order_in_one_thread_and_finishes_cancelled_ones(
         worker.close()
     assert [n for n, _ in ran] == [0, 1, 2]
     assert len({name for _, name in ran}) == 1 and ran[0][1].startswith("test")
+    thread = next(t for t in threading.enumerate() if t.name == ran[0][1])
+    thread.join(5)
+    assert not thread.is_alive()  # closed: its thread ended, nothing waits on it
+
+    assert asyncio.run(worker.run(call, 3)) == 3  # a call after close still runs
+    worker.close()
 
 
 @pytest.mark.parametrize(

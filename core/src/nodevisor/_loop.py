@@ -47,14 +47,24 @@ class Worker:
     """
 
     def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.name = name
+        self._executor: ThreadPoolExecutor | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:  # the thread starts with the first call
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=self.name)
         return await running_loop().run_in_executor(self._executor, fn, *args)
 
     def close(self) -> None:
-        """Let the thread end once it has run what it was given."""
-        self._executor.shutdown(wait=False)
+        """Let the thread end once it has run what it was given.
+
+        Until it does, the process would wait for it at exit (it is not a
+        daemon thread), and the agent counts it as a call left running. A
+        call after ``close`` starts a new thread.
+        """
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 #: Seconds a thread that wants the interpreter (the GIL) waits for the

@@ -522,6 +522,8 @@ class StoreRunner:
             # The flusher finishes the batch it holds and what is queued
             # behind it; cancelling it would lose a batch taken but unwritten.
             await flusher
+        self._thread.close()
+        self._apart_thread.close()
 
     async def _flush_forever(self) -> None:
         while True:
