@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from blockjoy.api.v1 import command_flow_pb2, common_pb2, host_pb2, node_pb2
-from nodevisor import AgentLocked, ConfigError, CredentialsError
+from nodevisor import AgentLocked, CatalogueError, ConfigError, CredentialsError
 from nodevisor._agent import Agent
 from nodevisor._config import AgentConfig
 from nodevisor._credentials import Credentials
@@ -224,6 +224,23 @@ async def test_a_wrong_token_keeps_the_agent_retrying(control_plane, config, cap
         tasks.cancel_scope.cancel()
     assert caplog.text.count("UNAUTHENTICATED") >= 2
     assert not agent.stream.connected.is_set()
+
+
+async def test_a_catalogue_the_agent_would_refuse_is_refused_before_the_otp_is_used(
+    control_plane, config, catalogue_dir
+):
+    (catalogue_dir / "misnamed.toml").write_text(
+        (catalogue_dir / "testchain.toml").read_text()
+    )
+    otp = await control_plane.admin.create_otp()
+
+    with pytest.raises(CatalogueError, match=r"name the file testchain\.toml"):
+        await provision(config, otp, control_plane.address)
+
+    assert not (config.data_dir / "credentials.json").exists()
+    (catalogue_dir / "misnamed.toml").unlink()
+    credentials = await provision(config, otp, control_plane.address)  # still good
+    assert Credentials.load(config.data_dir) == credentials
 
 
 async def test_provisioning_a_provisioned_host_needs_force(control_plane, config):

@@ -11,6 +11,7 @@ import grpc
 
 from blockjoy.api.v1 import common_pb2, host_pb2, host_pb2_grpc
 
+from ._catalogue import Catalogue
 from ._config import AgentConfig
 from ._credentials import Credentials
 from ._errors import CredentialsError
@@ -32,8 +33,12 @@ async def provision(
     identity starts with an empty store: the old one's store is set aside as
     ``state.<old host id>.db``, and the nodes its runtimes labelled with the
     old identity stay where they are, no longer managed. No agent may run on
-    the data directory meanwhile.
+    the data directory meanwhile. A catalogue the agent would refuse is
+    refused here first.
     """
+    # A catalogue the agent would refuse at start, refused before the
+    # one-time password is spent on a host that cannot run.
+    await anyio.to_thread.run_sync(Catalogue.load, config.catalogue_dirs)
     with exclusive(config.data_dir):
         previous = _provisioned(config)
         if previous is not None and not force:
