@@ -60,6 +60,16 @@ def test_parse_url_splits_protocol_and_version():
         ("protocol = 'bad'\n[node]\nstop_signal = 'SIGNOPE'\n[versions]\n", "SIGNOPE"),
         ("protocol = 'bad'\nversions = 3\n", "not valid"),
         ("protocol = ", "cannot be read"),
+        ("[versions]\n", r"not valid:\n  protocol: missing$"),
+        (
+            "protocol = 'bad'\nimages = 1\n[versions]\n",
+            r"\n  images: not a key a protocol spec has$",
+        ),
+        (
+            "protocol = 'bad'\n[versions.1]\nnode = {ports = ['x']}\n"
+            "[versions.1.runtimes.memory]\nimage = 'x'\n",
+            r"\n  versions\.1\.node\.ports\.0 = 'x': Input should be a valid integer",
+        ),
     ],
 )
 def test_bad_spec_files_are_reported_with_their_path(tmp_path: Path, text, message):
@@ -71,6 +81,30 @@ def test_bad_spec_files_are_reported_with_their_path(tmp_path: Path, text, messa
 def test_a_missing_catalogue_directory_is_named(tmp_path):
     with pytest.raises(CatalogueError, match="does not exist"):
         Catalogue.load([tmp_path / "nope"])
+
+
+def test_validation_errors_name_no_internals(tmp_path: Path):
+    (tmp_path / "bad.toml").write_text("protocol = 'bad'\nversions = 3\n")
+    with pytest.raises(CatalogueError) as caught:
+        Catalogue.load([tmp_path])
+    assert "_ProtocolFile" not in str(caught.value)
+    assert "pydantic.dev" not in str(caught.value)
+
+
+def test_a_spec_that_is_not_utf8_is_named(tmp_path: Path):
+    (tmp_path / "bad.toml").write_bytes(b"protocol = 'bad\xff\xfe'\n")
+    with pytest.raises(
+        CatalogueError,
+        match=r"bad\.toml' cannot be read: it is not UTF-8 text "
+        r"\(byte 0xff at offset 15\)",
+    ):
+        Catalogue.load([tmp_path])
+
+
+def test_a_catalogue_path_that_is_a_file_is_named(tmp_path: Path):
+    (tmp_path / "spec.toml").write_text("protocol = 'spec'\n[versions]\n")
+    with pytest.raises(CatalogueError, match=r"spec\.toml' is not a directory"):
+        Catalogue.load([tmp_path / "spec.toml"])
 
 
 def test_the_builtin_catalogue_loads():

@@ -160,9 +160,8 @@ class Catalogue:
         protocols: dict[str, _ProtocolFile] = {}
         for directory in directories:
             if not directory.is_dir():
-                raise CatalogueError(
-                    f"catalogue directory {str(directory)!r} does not exist"
-                )
+                what = "is not a directory" if directory.exists() else "does not exist"
+                raise CatalogueError(f"catalogue directory {str(directory)!r} {what}")
             for path in sorted(directory.glob("*.toml")):
                 spec = _read(path)
                 protocols[spec.protocol] = spec
@@ -219,22 +218,46 @@ class Catalogue:
 
 def _read(path: Path) -> _ProtocolFile:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CatalogueError(
+            f"protocol spec {str(path)!r} cannot be read: it is not UTF-8 text "
+            f"(byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from exc
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogueError(
             f"protocol spec {str(path)!r} cannot be read: {exc}"
         ) from exc
     try:
         spec = _ProtocolFile.model_validate(data)
-        for version in spec.versions.values():
-            _NodeDefaults.model_validate(spec.node.model_dump() | version.node)
     except pydantic.ValidationError as exc:
-        raise CatalogueError(
-            f"protocol spec {str(path)!r} is not valid:\n{exc}"
-        ) from exc
+        raise _invalid(path, exc, ()) from exc
+    for name, version in spec.versions.items():
+        try:
+            _NodeDefaults.model_validate(spec.node.model_dump() | version.node)
+        except pydantic.ValidationError as exc:
+            raise _invalid(path, exc, ("versions", name, "node")) from exc
     if path.stem != spec.protocol:
         raise CatalogueError(
             f"protocol spec {str(path)!r} declares protocol {spec.protocol!r}; "
             f"name the file {spec.protocol}.toml"
         )
     return spec
+
+
+def _invalid(
+    path: Path, exc: pydantic.ValidationError, within: tuple[str, ...]
+) -> CatalogueError:
+    """A spec's validation errors, one line each, named by their TOML key."""
+    lines = [f"protocol spec {str(path)!r} is not valid:"]
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in (*within, *error["loc"]))
+        if error["type"] == "missing":
+            lines.append(f"  {key}: missing")
+        elif error["type"] == "extra_forbidden":
+            lines.append(f"  {key}: not a key a protocol spec has")
+        elif error["type"] == "value_error":  # raised by a validator of ours
+            lines.append(f"  {key}: {error['ctx']['error']}")
+        else:
+            lines.append(f"  {key} = {shown(error['input'])}: {error['msg']}")
+    return CatalogueError("\n".join(lines))
