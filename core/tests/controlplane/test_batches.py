@@ -280,6 +280,35 @@ async def test_send_commands_reads_requests_sent_in_a_batch_each_by_its_position
     assert queued == [ids[0], ids[1], ids[3]]  # in the order they were sent
 
 
+async def test_a_batch_whose_carrier_has_a_command_of_its_own_is_refused_whole(
+    cp: RunningControlPlane,
+) -> None:
+    host_id, _ = await cp.provision()
+    Request = admin_pb2.SendCommandsRequest
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    mixed = Request(
+        host_id=host_id,
+        command=start(ids[1]),
+        batch=[Request(host_id=host_id, command=start(n)) for n in ids[2:]],
+    )
+    host_only = Request(
+        host_id=host_id, batch=[Request(host_id=host_id, command=start(ids[3]))]
+    )
+    messages = [Request(host_id=host_id, command=start(ids[0])), mixed, host_only]
+
+    _, answers = await _answers_to(cp, messages)
+
+    assert [(a.index, a.WhichOneof("update")) for a in answers] == [
+        (0, "queued"),
+        (1, "refused"),
+        (2, "refused"),
+        (3, "refused"),
+    ]
+    assert all("host_id or command of its own" in a.refused for a in answers[1:])
+    queued = [record.node_id for record in await cp.admin.list_commands(host_id)]
+    assert queued == [ids[0]]  # the carrier's own command was not queued either
+
+
 async def test_a_confirmation_waits_a_little_for_a_command_to_go_with(
     cp: RunningControlPlane, agents: list[FakeAgent], monkeypatch: pytest.MonkeyPatch
 ) -> None:

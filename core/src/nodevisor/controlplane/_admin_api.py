@@ -185,6 +185,12 @@ async def _write_answers(
             await context.write(group[0] if one else Response(batch=group))
 
 
+_MIXED_BATCH = (
+    "the message that carries this batch has a host_id or command of its own; "
+    "a carrier holds nothing but its batch, so none of the batch was queued"
+)
+
+
 class _Batch:
     """One ``SendCommands`` call: its requests queued, their answers in order.
 
@@ -212,10 +218,16 @@ class _Batch:
     ) -> None:
         index = 0
         async for message in requests:
+            mixed = bool(message.batch) and bool(
+                message.host_id or message.HasField("command")
+            )
             for request in message.batch or (message,):
                 self._open += 1
                 try:
-                    self._queue(index, request)
+                    if mixed:
+                        self._refuse(index, _MIXED_BATCH)
+                    else:
+                        self._queue(index, request)
                 except Exception as exc:  # one bad request must not end the call
                     log.exception("could not queue request %d of a SendCommands", index)
                     self._refuse(

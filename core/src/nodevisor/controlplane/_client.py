@@ -136,7 +136,10 @@ class AdminClient:
         ``requests`` is exhausted and every queued command has its result.
         Requests that are ready together go in one message, and so do the
         answers, once the control plane has said it reads batches. An error
-        raised by ``requests`` ends the call and is raised here.
+        raised by ``requests`` ends the call and is raised here; requests sent
+        before it may have been queued and will still run, but their answers
+        not yet yielded are lost with the call: ``list_commands`` tells what
+        was queued.
         """
         metadata = (*self._metadata, (BATCHES_HEADER, "1"))
         call = self._stub.SendCommands(metadata=metadata)

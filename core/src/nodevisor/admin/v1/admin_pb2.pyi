@@ -350,8 +350,10 @@ class SendCommandsRequest(google.protobuf.message.Message):
     def batch(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___SendCommandsRequest]:
         """Requests that were ready together, in order, each complete and each
         answered by its own position; the message that carries them is no
-        request of its own. Only to a control plane that said it reads batches
-        (`nodevisor-batches: 1` in its response headers).
+        request of its own and sets neither `host_id` nor `command` (if it does,
+        every request of its batch is refused, and none is queued). Only to a
+        control plane that said it reads batches (`nodevisor-batches: 1` in its
+        response headers).
         """
 
     def __init__(
