@@ -180,16 +180,16 @@ class Database:
     def _apply(
         self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]
     ) -> list[Any]:
-        results: list[Any] = []
+        # Tried as one piece first; only if a write raises are they run
+        # again one at a time, each in a savepoint, so that it fails alone.
         with self._transaction() as db:
-            for fn, args in writes:
-                db.execute("SAVEPOINT one_write")
-                try:
-                    results.append(fn(db, *args))
-                except Exception as exc:  # handed to that write's caller
-                    db.execute("ROLLBACK TO one_write")
-                    results.append(exc)
-                db.execute("RELEASE one_write")
+            db.execute("SAVEPOINT all_writes")
+            try:
+                results = [fn(db, *args) for fn, args in writes]
+            except Exception:
+                db.execute("ROLLBACK TO all_writes")
+                results = [_write_alone(db, fn, args) for fn, args in writes]
+            db.execute("RELEASE all_writes")
         return results
 
     @contextlib.contextmanager
@@ -443,24 +443,85 @@ def mark_sent(db: sqlite3.Connection, command_ids: Iterable[str]) -> None:
     )
 
 
+def _write_alone(
+    db: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> Any:
+    db.execute("SAVEPOINT one_write")
+    try:
+        return fn(db, *args)
+    except Exception as exc:  # handed to that write's caller
+        db.execute("ROLLBACK TO one_write")
+        return exc
+    finally:
+        db.execute("RELEASE one_write")
+
+
 def record_updates(
     db: sqlite3.Connection,
     host_id: str,
     updates: Sequence[command_flow_pb2.InfoUpdate],
 ) -> list[Recorded | Exception]:
-    """Store and apply ``updates`` in order; each rolled back alone if it raises."""
+    """Store and apply ``updates`` in order; each rolled back alone if it raises.
+
+    Tried first as one piece, which under load is most of the control
+    plane's statements fewer; only if one update raises are they applied
+    again one at a time, each in a savepoint of its own.
+    """
     now = time.time()
-    results: list[Recorded | Exception] = []
-    for update in updates:
-        db.execute("SAVEPOINT one_update")
-        try:
-            results.append(_record(db, host_id, update, now))
-        except Exception as exc:  # handed back to the caller, in its place
-            db.execute("ROLLBACK TO one_update")
-            results.append(exc)
-        db.execute("RELEASE one_update")
+    db.execute("SAVEPOINT all_updates")
+    try:
+        results: list[Recorded | Exception] = [
+            _apply(db, host_id, update, now) for update in updates
+        ]
+        _log_updates(db, host_id, now, updates, results)
+    except Exception:
+        db.execute("ROLLBACK TO all_updates")
+        results = [_record_alone(db, host_id, update, now) for update in updates]
+    db.execute("RELEASE all_updates")
     db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (now, host_id))
     return results
+
+
+def _record_alone(
+    db: sqlite3.Connection,
+    host_id: str,
+    update: command_flow_pb2.InfoUpdate,
+    now: float,
+) -> Recorded | Exception:
+    db.execute("SAVEPOINT one_update")
+    try:
+        recorded = _apply(db, host_id, update, now)
+        _log_updates(db, host_id, now, [update], [recorded])
+    except Exception as exc:  # handed back to the caller, in its place
+        db.execute("ROLLBACK TO one_update")
+        return exc
+    finally:
+        db.execute("RELEASE one_update")
+    return recorded
+
+
+def _log_updates(
+    db: sqlite3.Connection,
+    host_id: str,
+    now: float,
+    updates: Sequence[command_flow_pb2.InfoUpdate],
+    results: Sequence[Recorded | Exception],
+) -> None:
+    db.executemany(
+        "INSERT INTO updates (host_id, received_at, kind, payload, error)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [
+            (
+                host_id,
+                now,
+                update.WhichOneof("info"),
+                update.SerializeToString(),
+                recorded.error,
+            )
+            for update, recorded in zip(updates, results, strict=True)
+            if isinstance(recorded, Recorded)
+        ],
+    )
 
 
 def _parse(cls: type[T], payload: bytes) -> T:
@@ -552,27 +613,6 @@ def _node_id(command: command_flow_pb2.Command) -> str:
     return command.node.id.value if command.HasField("node") else ""
 
 
-def _record(
-    db: sqlite3.Connection,
-    host_id: str,
-    update: command_flow_pb2.InfoUpdate,
-    now: float,
-) -> Recorded:
-    recorded = _apply(db, host_id, update, now)
-    db.execute(
-        "INSERT INTO updates (host_id, received_at, kind, payload, error)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (
-            host_id,
-            now,
-            update.WhichOneof("info"),
-            update.SerializeToString(),
-            recorded.error,
-        ),
-    )
-    return recorded
-
-
 def _apply(
     db: sqlite3.Connection,
     host_id: str,
@@ -619,11 +659,17 @@ def _apply_node(
         for name in _CURRENT_ONLY:
             if not info.HasField(name):
                 merged.ClearField(name)
-    db.execute(
-        "INSERT OR REPLACE INTO nodes (host_id, id, info, updated_at)"
-        " VALUES (?, ?, ?, ?)",
-        (host_id, info.id.value, merged.SerializeToString(), now),
-    )
+    values = (merged.SerializeToString(), now, host_id, info.id.value)
+    if row is None:
+        db.execute(
+            "INSERT INTO nodes (info, updated_at, host_id, id) VALUES (?, ?, ?, ?)",
+            values,
+        )
+    else:  # in place: a replace would move the row and its index entry
+        db.execute(
+            "UPDATE nodes SET info = ?, updated_at = ? WHERE host_id = ? AND id = ?",
+            values,
+        )
     return Recorded()
 
 
