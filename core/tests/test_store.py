@@ -84,3 +84,40 @@ async def test_the_second_connection_only_reads(tmp_path):
         assert store.nodes() == []
     finally:
         store.close()
+
+
+def test_a_write_that_fails_is_rolled_back_alone_and_the_others_kept(tmp_path):
+    store = Store(tmp_path / "s.db")
+
+    def half_done_then_fails(record: NodeRecord) -> None:
+        store.save_node(record)  # written, then undone with its failure
+        raise RuntimeError("disk full")
+
+    try:
+        results = store.apply(
+            [
+                (store.save_node, (node(1),)),
+                (half_done_then_fails, (node(2),)),
+                (store.save_node, (node(3),)),
+            ]
+        )
+
+        assert [type(result) for result in results] == [
+            NodeRecord,
+            RuntimeError,
+            NodeRecord,
+        ]
+        assert [record.id for record in store.nodes()] == ["id-1", "id-3"]
+    finally:
+        store.close()
+
+
+def test_writes_that_all_succeed_commit_together(tmp_path):
+    store = Store(tmp_path / "s.db")
+    try:
+        results = store.apply([(store.save_node, (node(n),)) for n in range(3)])
+
+        assert [result.id for result in results] == ["id-0", "id-1", "id-2"]
+        assert [record.id for record in store.nodes()] == ["id-0", "id-1", "id-2"]
+    finally:
+        store.close()

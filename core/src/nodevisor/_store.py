@@ -229,19 +229,29 @@ class Store:
     ) -> list[Any]:
         """Run ``writes`` in one transaction; each result, or the error it raised.
 
-        A write that fails is rolled back alone; the others are kept.
+        A write that fails is rolled back alone; the others are kept. They
+        are tried first as one piece, without a savepoint each; only if one
+        fails are they run again one at a time, each in a savepoint.
         """
-        results: list[Any] = []
         with self.transaction():
-            for fn, args in writes:
-                self._db.execute("SAVEPOINT write")
-                try:
-                    results.append(fn(*args))
-                except Exception as exc:  # handed to that write's caller
-                    self._db.execute("ROLLBACK TO write")
-                    results.append(exc)
-                self._db.execute("RELEASE write")
+            self._db.execute("SAVEPOINT writes")
+            try:
+                results = [fn(*args) for fn, args in writes]
+            except Exception:
+                self._db.execute("ROLLBACK TO writes")
+                results = [self._alone(fn, args) for fn, args in writes]
+            self._db.execute("RELEASE writes")
         return results
+
+    def _alone(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        self._db.execute("SAVEPOINT write")
+        try:
+            return fn(*args)
+        except Exception as exc:  # handed to that write's caller
+            self._db.execute("ROLLBACK TO write")
+            return exc
+        finally:
+            self._db.execute("RELEASE write")
 
     # nodes
 
