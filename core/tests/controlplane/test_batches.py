@@ -9,6 +9,7 @@ same header on a ``SendCommands`` call batches its answers.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,9 @@ from blockjoy.api.v1 import command_flow_pb2, common_pb2, node_pb2
 from nodevisor._outbox import BATCHES_HEADER, CONFIRMS_UPDATES_HEADER
 from nodevisor.admin.v1 import admin_pb2, admin_pb2_grpc
 from nodevisor.controlplane import InvalidRequest
+from nodevisor.controlplane._admin_api import _Batch
+from nodevisor.controlplane._db import Database
+from nodevisor.controlplane._hub import Event, Hub
 from nodevisor.controlplane.testing import FakeAgent, RunningControlPlane
 
 pytestmark = pytest.mark.anyio
@@ -338,3 +342,42 @@ async def test_a_confirmation_with_no_command_to_go_with_still_goes(
     message = await agent.next_command(seconds=2.0)
 
     assert message.received.up_to == 1
+
+
+async def test_a_result_for_a_duplicate_id_before_it_is_refused_is_not_its_answer(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another call's command with the same id finishes while this call's
+    # copy is still on its way to the database, to be refused there.
+    db = Database(tmp_path / "cp.db")
+    hub = Hub()
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[object] = loop.create_future()
+    monkeypatch.setattr(db, "write", lambda *_: pending)
+    command_id = str(uuid.uuid4())
+    command = start(str(uuid.uuid4()))
+    command.node.meta.api_command_id.value = command_id
+
+    async def requests() -> AsyncIterator[admin_pb2.SendCommandsRequest]:
+        yield admin_pb2.SendCommandsRequest(host_id="h", command=command)
+
+    try:
+        with hub.follow() as follower:
+            batch = _Batch(db, hub, follower)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(batch.collect_results)
+                await batch.take(requests())
+                result = command_flow_pb2.CommandInfo(exit_code=0)
+                result.id.value = command_id
+                update = command_flow_pb2.InfoUpdate(command=result)
+                hub.publish(Event("h", 0.0, update, command_id))
+                await anyio.sleep(0.05)  # collect_results sees it
+                pending.set_exception(InvalidRequest("already exists"))
+                answers = [await batch.receive.get(), await batch.receive.get()]
+                tasks.cancel_scope.cancel()
+    finally:
+        db.close()
+
+    assert answers[0] is not None
+    assert (answers[0].index, answers[0].WhichOneof("update")) == (0, "refused")
+    assert answers[1] is None  # the call ends after its one request's answer

@@ -208,6 +208,12 @@ class _Batch:
         )
         #: The index of each queued command without a result, by host and id.
         self._waiting: dict[tuple[str, str], int] = {}
+        #: Indexes whose command is not yet known to be stored. A result
+        #: for its id meanwhile is another call's command with that id:
+        #: this one is about to be refused as a duplicate.
+        self._unqueued: set[int] = set()
+        #: Indexes given their final answer (a result, or why not queued).
+        self._finished: set[int] = set()
         #: Requests taken whose final answer is yet to be given.
         self._open = 0
         self._taking = True
@@ -257,6 +263,7 @@ class _Batch:
         # Followed before it is queued, so that no early result is missed.
         self._follower.add(host_id, "command", command_id)
         self._waiting[host_id, command_id] = index
+        self._unqueued.add(index)
         written = self._db.write(queue_command, host_id, command, command_id)
         written.add_done_callback(
             functools.partial(self._queued, index, host_id, command_id)
@@ -265,6 +272,7 @@ class _Batch:
     def _queued(
         self, index: int, host_id: str, command_id: str, written: asyncio.Future[Queued]
     ) -> None:
+        self._unqueued.discard(index)
         error = None if written.cancelled() else written.exception()
         if written.cancelled() or error is not None:
             self._waiting.pop((host_id, command_id), None)
@@ -284,16 +292,28 @@ class _Batch:
             info = event.update.command
             if not (event.command_id and info.HasField("exit_code")):
                 continue
-            index = self._waiting.pop((event.host_id, event.command_id), None)
-            if index is None:
-                continue  # a result sent again
+            key = (event.host_id, event.command_id)
+            index = self._waiting.get(key)
+            if index is None or index in self._unqueued:
+                continue  # a result sent again, or not this call's command
+            del self._waiting[key]
             self._follower.remove(event.host_id, "command", event.command_id)
-            self._answer(index, received_at=event.received_at, result=info)
-            self._close()
+            self._last_answer(index, received_at=event.received_at, result=info)
 
     def _refuse(self, index: int, why: str) -> None:
-        self._answer(index, refused=why)
-        self._close()
+        self._last_answer(index, refused=why)
+
+    def _last_answer(
+        self, index: int, received_at: float | None = None, **update: object
+    ) -> None:
+        """Give a request its final answer; the call ends after the last one."""
+        if index in self._finished:  # counted once, or the call ends too soon
+            log.error("request %d of a SendCommands was answered twice", index)
+            return
+        self._finished.add(index)
+        self._answer(index, received_at, **update)
+        self._open -= 1
+        self._end_if_done()
 
     def _answer(
         self, index: int, received_at: float | None = None, **update: object
@@ -301,10 +321,6 @@ class _Batch:
         answer = admin_pb2.SendCommandsResponse(index=index, **update)  # type: ignore[arg-type]
         answer.received_at.FromNanoseconds(int((received_at or time.time()) * 1e9))
         self.receive.put_nowait(answer)
-
-    def _close(self) -> None:
-        self._open -= 1
-        self._end_if_done()
 
     def _end_if_done(self) -> None:
         if not self._taking and self._open == 0 and not self._ended:
