@@ -1,6 +1,7 @@
 """The store's long reads, on a connection of their own."""
 
 import threading
+from pathlib import Path
 
 import anyio
 import pytest
@@ -119,5 +120,16 @@ def test_writes_that_all_succeed_commit_together(tmp_path):
 
         assert [result.id for result in results] == ["id-0", "id-1", "id-2"]
         assert [record.id for record in store.nodes()] == ["id-0", "id-1", "id-2"]
+    finally:
+        store.close()
+
+
+def test_a_store_named_by_a_relative_path_opens_for_reading(tmp_path, monkeypatch):
+    Store(tmp_path / "s.db").close()
+    monkeypatch.chdir(tmp_path)
+
+    store = Store.open_readonly(Path("s.db"))
+    try:
+        assert store.nodes() == []
     finally:
         store.close()

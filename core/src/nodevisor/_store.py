@@ -171,7 +171,9 @@ class Store:
         return cls._on(
             path,
             sqlite3.connect(
-                f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False
+                f"{path.absolute().as_uri()}?mode=ro",
+                uri=True,
+                check_same_thread=False,
             ),
         )
 
