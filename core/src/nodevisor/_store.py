@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ import anyio
 
 from ._errors import ConfigError, Conflict
 from ._loop import Worker, running_loop
+from ._sqlite import each_or_alone
 from ._states import NodeStatus
 
 __all__ = [
@@ -231,29 +233,11 @@ class Store:
     ) -> list[Any]:
         """Run ``writes`` in one transaction; each result, or the error it raised.
 
-        A write that fails is rolled back alone; the others are kept. They
-        are tried first as one piece, without a savepoint each; only if one
-        fails are they run again one at a time, each in a savepoint.
+        A write that fails is rolled back alone; the others are kept.
         """
+        calls = [functools.partial(fn, *args) for fn, args in writes]
         with self.transaction():
-            self._db.execute("SAVEPOINT writes")
-            try:
-                results = [fn(*args) for fn, args in writes]
-            except Exception:
-                self._db.execute("ROLLBACK TO writes")
-                results = [self._alone(fn, args) for fn, args in writes]
-            self._db.execute("RELEASE writes")
-        return results
-
-    def _alone(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        self._db.execute("SAVEPOINT write")
-        try:
-            return fn(*args)
-        except Exception as exc:  # handed to that write's caller
-            self._db.execute("ROLLBACK TO write")
-            return exc
-        finally:
-            self._db.execute("RELEASE write")
+            return each_or_alone(self._db, lambda: [call() for call in calls], calls)
 
     # nodes
 

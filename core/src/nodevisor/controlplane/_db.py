@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from blockjoy.api.v1 import command_flow_pb2, host_pb2, node_pb2
 
 from .._loop import Worker, running_loop
+from .._sqlite import each_or_alone
 from ..admin.v1 import admin_pb2
 from ._errors import InvalidRequest, NotFound, OtpRejected, Unauthenticated
 from ._tokens import digest, new_secret
@@ -180,17 +181,9 @@ class Database:
     def _apply(
         self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]
     ) -> list[Any]:
-        # Tried as one piece first; only if a write raises are they run
-        # again one at a time, each in a savepoint, so that it fails alone.
         with self._transaction() as db:
-            db.execute("SAVEPOINT all_writes")
-            try:
-                results = [fn(db, *args) for fn, args in writes]
-            except Exception:
-                db.execute("ROLLBACK TO all_writes")
-                results = [_write_alone(db, fn, args) for fn, args in writes]
-            db.execute("RELEASE all_writes")
-        return results
+            calls = [functools.partial(fn, db, *args) for fn, args in writes]
+            return each_or_alone(db, lambda: [call() for call in calls], calls)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -443,61 +436,30 @@ def mark_sent(db: sqlite3.Connection, command_ids: Iterable[str]) -> None:
     )
 
 
-def _write_alone(
-    db: sqlite3.Connection, fn: Callable[..., Any], args: tuple[Any, ...]
-) -> Any:
-    db.execute("SAVEPOINT one_write")
-    try:
-        return fn(db, *args)
-    except Exception as exc:  # handed to that write's caller
-        db.execute("ROLLBACK TO one_write")
-        return exc
-    finally:
-        db.execute("RELEASE one_write")
-
-
 def record_updates(
     db: sqlite3.Connection,
     host_id: str,
     updates: Sequence[command_flow_pb2.InfoUpdate],
 ) -> list[Recorded | Exception]:
-    """Store and apply ``updates`` in order; each rolled back alone if it raises.
-
-    Tried first as one piece, which under load is most of the control
-    plane's statements fewer; only if one update raises are they applied
-    again one at a time, each in a savepoint of its own.
-    """
+    """Store and apply ``updates`` in order; each rolled back alone if it raises."""
     now = time.time()
-    db.execute("SAVEPOINT all_updates")
-    try:
-        results: list[Recorded | Exception] = [
-            _apply(db, host_id, update, now) for update in updates
-        ]
+
+    def whole() -> list[Recorded]:
+        # One statement logs them all: most of the statements of a batch.
+        results = [_apply(db, host_id, update, now) for update in updates]
         _log_updates(db, host_id, now, updates, results)
-    except Exception:
-        db.execute("ROLLBACK TO all_updates")
-        results = [_record_alone(db, host_id, update, now) for update in updates]
-    db.execute("RELEASE all_updates")
-    db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (now, host_id))
-    return results
+        return results
 
-
-def _record_alone(
-    db: sqlite3.Connection,
-    host_id: str,
-    update: command_flow_pb2.InfoUpdate,
-    now: float,
-) -> Recorded | Exception:
-    db.execute("SAVEPOINT one_update")
-    try:
+    def record(update: command_flow_pb2.InfoUpdate) -> Recorded:
         recorded = _apply(db, host_id, update, now)
         _log_updates(db, host_id, now, [update], [recorded])
-    except Exception as exc:  # handed back to the caller, in its place
-        db.execute("ROLLBACK TO one_update")
-        return exc
-    finally:
-        db.execute("RELEASE one_update")
-    return recorded
+        return recorded
+
+    results = each_or_alone(
+        db, whole, [functools.partial(record, update) for update in updates]
+    )
+    db.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (now, host_id))
+    return results
 
 
 def _log_updates(
@@ -505,7 +467,7 @@ def _log_updates(
     host_id: str,
     now: float,
     updates: Sequence[command_flow_pb2.InfoUpdate],
-    results: Sequence[Recorded | Exception],
+    results: Sequence[Recorded],
 ) -> None:
     db.executemany(
         "INSERT INTO updates (host_id, received_at, kind, payload, error)"
@@ -519,7 +481,6 @@ def _log_updates(
                 recorded.error,
             )
             for update, recorded in zip(updates, results, strict=True)
-            if isinstance(recorded, Recorded)
         ],
     )
 
